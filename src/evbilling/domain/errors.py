@@ -1,0 +1,56 @@
+"""Expected business outcomes, each with a stable ``code`` (mapped once per entry point)."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every expected business error; ``code`` is stable and machine-readable."""
+
+    code = "domain_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class LossyCalculationError(DomainError, TypeError):
+    """A float reached money arithmetic."""
+
+    code = "lossy_calculation"
+
+
+class CurrencyMismatchError(DomainError):
+    code = "currency_mismatch"
+
+
+class UnknownCurrencyError(DomainError):
+    code = "unknown_currency"
+
+
+class InvalidDocumentError(DomainError):
+    """An OCPI document (tariff, CDR) is malformed; ``field`` names the bad field."""
+
+    code = "invalid_document"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.reason = message
+
+
+class TariffParseError(InvalidDocumentError):
+    code = "invalid_tariff"
+
+
+class CdrParseError(InvalidDocumentError):
+    code = "invalid_cdr"
+
+
+class RatingError(DomainError):
+    """The session cannot be rated under this tariff (e.g. a limit is exceeded)."""
+
+    code = "rating_failed"
+
+
+class CurrencyNotSupportedError(RatingError):
+    code = "currency_not_supported"

@@ -1,0 +1,761 @@
+"""OCPI 2.2.1 rating: price a session's charging periods under a tariff. Pure; no I/O.
+
+The rules, from ``mod_tariffs`` and ``mod_cdrs`` (branch release-2.2.1-bugfixes), are written out
+with examples in ``docs/rating.md``. In short:
+
+* Per period and per dimension, the first element (in list order) that has a component for that
+  dimension and whose restrictions all match is used. Restrictions are evaluated at the period's
+  start, in the site's local time; kWh restrictions use the energy consumed before the period,
+  duration restrictions the time since the session started.
+* Quantities come from the period volumes (ENERGY, TIME, PARKING_TIME, RESERVATION_TIME).
+* ``step_size`` is applied once per session: to the ENERGY total with the step of the last period
+  that priced energy, and to the total of the *last* time dimension (TIME or PARKING_TIME, whichever
+  was priced last) with that period's step; the extra is billed at that last period's price.
+  Reservation time is rounded on its own.
+* FLAT is charged once per session (first period where an element with FLAT matches), and once
+  for a reservation.
+* ``min_price`` / ``max_price`` bound the total excl. and incl. VAT independently.
+
+Exactness: quantities are integers (``domain/periods.py``), prices are integer micro-units, so every
+cost is an exact integer numerator over ``MONEY_DENOMINATOR``; they become ``Decimal`` only at the
+end, at 12 decimal places (``money.quantize_full``). Rating never rounds to cents: that happens
+where a price becomes an amount to charge.
+
+``SessionRater`` takes periods one at a time (live cost) and ``rate`` is that rater fed in one go,
+so both give the same answer by construction; ``rating_bulk`` is an independent vectorised
+implementation that tests compare against this one.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from evbilling.domain.errors import RatingError
+from evbilling.domain.invariants import InvariantViolation
+from evbilling.domain.money import PRICE_DECIMALS, VAT_DECIMALS, Currency, quantize_full, to_scaled_int
+from evbilling.domain.periods import (
+    MAX_PERIODS_PER_SESSION,
+    MILLIWH_PER_KWH,
+    MILLIWH_PER_WH,
+    MS_PER_HOUR,
+    MS_PER_S,
+    ChargingPeriod,
+    SessionFacts,
+    from_epoch_ms,
+)
+from evbilling.domain.tariffs.model import (
+    DimensionType,
+    Price,
+    PriceComponent,
+    ReservationRestriction,
+    Tariff,
+    TariffElement,
+)
+from evbilling.domain.timezones import OffsetTable, day_number, offset_table
+
+# -- exact money arithmetic ----------------------------------------------------------------------
+#: Every cost is ``numerator / MONEY_DENOMINATOR`` major units. 1.8e13 is the least common
+#: denominator of the three products we form:
+#:   ENERGY: price [1e-6 / kWh] * energy [1e-6 kWh]   = 1e-12        -> * 18
+#:   TIME:   price [1e-6 / h]   * time   [1/3.6e6 h]  = 1/3.6e12     -> * 5
+#:   FLAT:   price [1e-6]                             = 1e-6         -> * 18 000 000
+MONEY_DENOMINATOR = 18_000_000_000_000
+ENERGY_FACTOR = 18
+TIME_FACTOR = 5
+FLAT_FACTOR = 18_000_000
+#: VAT percent in basis points of a percent (21 % = 2100); incl = excl * (10 000 + bp) / 10 000.
+VAT_SCALE = 10_000
+NO_VAT_BP = 0  # a component without VAT: incl = excl (and the breakdown says "not applicable")
+
+_ENERGY, _TIME, _PARKING, _RESERVATION = 0, 1, 2, 3
+_CHARGING, _RESERVED, _EXPIRED = 0, 1, 2
+
+
+class UnratableSessionError(RatingError):
+    code = "unratable_session"
+
+
+# -- the compiled tariff --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Component:
+    price_micro: int
+    vat_bp: int  # 0 when vat is None (see has_vat)
+    has_vat: bool
+    step: int  # in quantity units (milliwh or ms); >= 1
+
+    @property
+    def vat_factor(self) -> int:
+        return VAT_SCALE + self.vat_bp
+
+
+@dataclass(frozen=True, slots=True)
+class _Element:
+    index: int
+    tod: tuple[int, int] | None  # (start_s, end_s) seconds of the local day; end 86400 = midnight
+    days: tuple[int | None, int | None] | None  # local day numbers [from, to)
+    dow_mask: int  # bit i set = weekday i allowed; 0 = every day
+    kwh: tuple[int | None, int | None] | None  # milliwh consumed before the period [min, max)
+    duration: tuple[int | None, int | None] | None  # ms since session start [min, max)
+    current: tuple[int | None, int | None] | None  # mA [min, max)
+    power: tuple[int | None, int | None] | None  # W [min, max)
+    reservation: ReservationRestriction | None
+    energy: _Component | None
+    time: _Component | None
+    parking: _Component | None
+    flat: _Component | None
+
+    def matches(self, sod: int, day: int, dow: int, cum: int, dur: int,
+                p: ChargingPeriod) -> bool:
+        tod = self.tod
+        if tod is not None:
+            start, end = tod
+            if start < end:
+                if sod < start or sod >= end:
+                    return False
+            elif sod < start and sod >= end:  # wraps midnight (or start == end: all day)
+                return False
+        if self.dow_mask and not (self.dow_mask >> dow) & 1:
+            return False
+        if self.days is not None:
+            lo, hi = self.days
+            if (lo is not None and day < lo) or (hi is not None and day >= hi):
+                return False
+        if self.kwh is not None:
+            lo, hi = self.kwh
+            if (lo is not None and cum < lo) or (hi is not None and cum >= hi):
+                return False
+        if self.duration is not None:
+            lo, hi = self.duration
+            if (lo is not None and dur < lo) or (hi is not None and dur >= hi):
+                return False
+        if self.current is not None:
+            lo, hi = self.current
+            low = p.current_ma_min if p.current_ma_min is not None else p.current_ma
+            high = p.current_ma_max if p.current_ma_max is not None else p.current_ma
+            if lo is not None and (low is None or low < lo):
+                return False
+            if hi is not None and (high is None or high >= hi):
+                return False
+        if self.power is not None:
+            lo, hi = self.power
+            low = p.power_w_min if p.power_w_min is not None else p.power_w
+            high = p.power_w_max if p.power_w_max is not None else p.power_w
+            if lo is not None and (low is None or low < lo):
+                return False
+            if hi is not None and (high is None or high >= hi):
+                return False
+        return True
+
+
+class CompiledTariff:
+    """A tariff turned into integer lookups for fast, exact rating. Build once, reuse."""
+
+    __slots__ = ("tariff", "currency", "elements", "candidates", "flat_candidates",
+                 "min_price", "max_price", "_tables", "needs_current", "needs_power")
+
+    def __init__(self, tariff: Tariff) -> None:
+        self.tariff = tariff
+        self.currency: Currency = tariff.currency
+        self.elements: tuple[_Element, ...] = tuple(
+            _compile_element(i, e) for i, e in enumerate(tariff.elements)
+        )
+        # candidates[mode][dimension] = elements to try, in order.
+        self.candidates: tuple[tuple[tuple[_Element, ...], ...], ...] = tuple(
+            tuple(self._ordered(mode, dim) for dim in (_ENERGY, _TIME, _PARKING, _RESERVATION))
+            for mode in (_CHARGING, _RESERVED, _EXPIRED)
+        )
+        self.flat_candidates: tuple[tuple[_Element, ...], ...] = tuple(
+            tuple(e for e in self._eligible(mode) if e.flat is not None)
+            for mode in (_CHARGING, _RESERVED, _EXPIRED)
+        )
+        self.min_price = tariff.min_price
+        self.max_price = tariff.max_price
+        self.needs_current = any(e.current is not None for e in self.elements)
+        self.needs_power = any(e.power is not None for e in self.elements)
+        self._tables: dict[str, OffsetTable] = {}
+
+    def _eligible(self, mode: int) -> list[_Element]:
+        if mode == _CHARGING:
+            return [e for e in self.elements if e.reservation is None]
+        if mode == _RESERVED:
+            return [e for e in self.elements
+                    if e.reservation is ReservationRestriction.RESERVATION]
+        # An expired reservation: RESERVATION_EXPIRES elements win over RESERVATION ones
+        # (mod_tariffs, ReservationRestrictionType note).
+        return ([e for e in self.elements
+                 if e.reservation is ReservationRestriction.RESERVATION_EXPIRES]
+                + [e for e in self.elements
+                   if e.reservation is ReservationRestriction.RESERVATION])
+
+    def _ordered(self, mode: int, dim: int) -> tuple[_Element, ...]:
+        eligible = self._eligible(mode)
+        if dim == _ENERGY:
+            return tuple(e for e in eligible if e.energy is not None)
+        if dim == _PARKING:
+            return tuple(e for e in eligible if e.parking is not None)
+        return tuple(e for e in eligible if e.time is not None)  # TIME and RESERVATION_TIME
+
+    def offsets(self, time_zone: str, epoch_s: int) -> OffsetTable:
+        table = self._tables.get(time_zone)
+        if table is None or not table.covers(epoch_s):
+            table = offset_table(time_zone, epoch_s, epoch_s)
+            self._tables[time_zone] = table
+        return table
+
+
+def compile_tariff(tariff: Tariff | CompiledTariff) -> CompiledTariff:
+    return tariff if isinstance(tariff, CompiledTariff) else CompiledTariff(tariff)
+
+
+def _component(c: PriceComponent | None, unit_per_step: int) -> _Component | None:
+    if c is None:
+        return None
+    return _Component(
+        price_micro=to_scaled_int(c.price, PRICE_DECIMALS),
+        vat_bp=to_scaled_int(c.vat, VAT_DECIMALS) if c.vat is not None else NO_VAT_BP,
+        has_vat=c.vat is not None,
+        # step_size 0 is read as the smallest step (1 Wh / 1 s): blocks of nothing bill nothing.
+        step=max(c.step_size, 1) * unit_per_step,
+    )
+
+
+def _pair(lo: int | None, hi: int | None) -> tuple[int | None, int | None] | None:
+    return None if lo is None and hi is None else (lo, hi)
+
+
+def _scaled(value: Decimal | None, places: int) -> int | None:
+    return None if value is None else to_scaled_int(value, places)
+
+
+def _compile_element(index: int, element: TariffElement) -> _Element:
+    r = element.restrictions
+    tod = days = kwh = duration = current = power = None
+    dow_mask = 0
+    reservation = None
+    if r is not None:
+        if r.start_time is not None or r.end_time is not None:
+            start = 0 if r.start_time is None else r.start_time.hour * 3600 + r.start_time.minute * 60
+            end = 86_400 if r.end_time is None else r.end_time.hour * 3600 + r.end_time.minute * 60
+            if end == 0:
+                end = 86_400  # "To stop at end of the day use: 00:00"
+            tod = (start, end)
+        days = _pair(None if r.start_date is None else day_number(r.start_date),
+                     None if r.end_date is None else day_number(r.end_date))
+        for day in r.day_of_week:
+            dow_mask |= 1 << day.index
+        kwh = _pair(_scaled(r.min_kwh, 6), _scaled(r.max_kwh, 6))  # kWh -> milliwh
+        duration = _pair(None if r.min_duration is None else r.min_duration * MS_PER_S,
+                         None if r.max_duration is None else r.max_duration * MS_PER_S)
+        current = _pair(_scaled(r.min_current, 3), _scaled(r.max_current, 3))  # A -> mA
+        power = _pair(_scaled(r.min_power, 3), _scaled(r.max_power, 3))  # kW -> W
+        reservation = r.reservation
+    return _Element(
+        index=index, tod=tod, days=days, dow_mask=dow_mask, kwh=kwh, duration=duration,
+        current=current, power=power, reservation=reservation,
+        energy=_component(element.component(DimensionType.ENERGY), MILLIWH_PER_WH),
+        time=_component(element.component(DimensionType.TIME), MS_PER_S),
+        parking=_component(element.component(DimensionType.PARKING_TIME), MS_PER_S),
+        flat=_component(element.component(DimensionType.FLAT), 1),
+    )
+
+
+# -- results --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CostPart:
+    """An exact cost: numerators over MONEY_DENOMINATOR (excl) and MONEY_DENOMINATOR*VAT_SCALE."""
+
+    excl: int = 0
+    incl: int = 0  # over MONEY_DENOMINATOR * VAT_SCALE
+
+    def __add__(self, other: CostPart) -> CostPart:
+        return CostPart(self.excl + other.excl, self.incl + other.incl)
+
+    def price(self) -> Price:
+        return Price(excl_vat=money_value(self.excl),
+                     incl_vat=money_value(self.incl, MONEY_DENOMINATOR * VAT_SCALE))
+
+
+def money_value(numerator: int, denominator: int = MONEY_DENOMINATOR) -> Decimal:
+    """An exact numerator as a Decimal amount at full (12-place) precision."""
+    return quantize_full(numerator, denominator)
+
+
+def _cost(comp: _Component, quantity: int, factor: int) -> CostPart:
+    excl = comp.price_micro * quantity * factor
+    return CostPart(excl, excl * comp.vat_factor)
+
+
+@dataclass(frozen=True, slots=True)
+class RatedDimension:
+    """One priced dimension of one period."""
+
+    type: str  # ENERGY | TIME | PARKING_TIME | RESERVATION_TIME | FLAT
+    volume: Decimal  # in OCPI units (kWh, hours, 1 for FLAT)
+    billed_volume: Decimal  # volume plus the step_size extra, if this period carries it
+    element_index: int | None  # None = no element matched: not priced
+    price: Decimal | None  # per unit excl. VAT
+    vat: Decimal | None  # percent, None = no VAT applicable
+    cost: Price
+
+
+@dataclass(frozen=True, slots=True)
+class RatedPeriod:
+    index: int
+    start_date_time: str
+    dimensions: tuple[RatedDimension, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RatedSession:
+    """The OCPI CDR totals of a rated session, plus an exact breakdown."""
+
+    currency: Currency
+    total_cost: Price
+    total_fixed_cost: Price
+    total_energy: Decimal  # kWh
+    total_energy_cost: Price
+    total_time: Decimal  # hours, session start to end (or to now while ongoing)
+    total_time_cost: Price
+    total_parking_time: Decimal  # hours
+    total_parking_cost: Price
+    total_reservation_time: Decimal  # hours
+    total_reservation_cost: Price
+    #: What min_price / max_price added (negative for max); zero when neither applied.
+    price_bound_adjustment: Price
+    price_bound: str | None  # "min_price" | "max_price" | None
+    #: Exact numerators, for aggregation without rounding (over MONEY_DENOMINATOR).
+    total_cost_exact: CostPart
+    warnings: tuple[str, ...]
+    final: bool  # False while the session is ongoing (a live estimate)
+    _breakdown: _Breakdown = field(repr=False, compare=False)
+
+    def periods(self) -> tuple[RatedPeriod, ...]:
+        """Per-period breakdown naming the element used for each dimension."""
+        return self._breakdown.build()
+
+
+# -- the rater ------------------------------------------------------------------------------------
+
+
+class SessionRater:
+    """Rates a session one period at a time; ``snapshot`` prices what has been seen so far.
+
+    ``add`` does the per-period work once (element look-up, quantity accumulation), so a live
+    cost update is O(1) in the number of earlier periods; ``snapshot`` applies step sizes, FLAT,
+    VAT and price bounds to the accumulated totals without changing them.
+    """
+
+    __slots__ = ("tariff", "time_zone", "start_epoch_ms", "_origin_ms", "_table", "_win",
+                 "_off", "_periods", "_choices", "_qty", "_res_qty", "_cum_milliwh",
+                 "_energy_all", "_parking_all", "_reservation_all", "_last_energy", "_last_time",
+                 "_last_res", "_flat", "_flat_at", "_res_flat", "_res_flat_at", "_warnings", "_last_start", "_n_elements",
+                 "_all_reservation")
+
+    def __init__(self, tariff: Tariff | CompiledTariff, time_zone: str = "UTC",
+                 start_epoch_ms: int | None = None) -> None:
+        self.tariff = compile_tariff(tariff)
+        self.time_zone = time_zone
+        self.start_epoch_ms = start_epoch_ms
+        n = len(self.tariff.elements)
+        self._n_elements = n
+        self._origin_ms: int | None = None  # start of the first charging (non-reservation) period
+        self._table: OffsetTable | None = None
+        self._win = (1, 0)  # [lo, hi) epoch seconds where self._off holds
+        self._off = 0
+        self._periods: list[ChargingPeriod] = []
+        # per period: (energy, time, parking, reserved, expired) element index or -1
+        self._choices: list[tuple[int, int, int, int, int]] = []
+        self._qty = [[0] * n, [0] * n, [0] * n]  # energy, time, parking per element
+        self._res_qty = [[0] * n, [0] * n]  # reservation time per element: reserved, expired
+        self._cum_milliwh = 0
+        self._energy_all = 0
+        self._parking_all = 0
+        self._reservation_all = 0
+        self._last_energy = -1
+        self._last_time: tuple[int, int] = (-1, -1)  # (dimension, element)
+        self._last_res = [-1, -1]
+        self._flat = -1
+        self._flat_at = -1  # index of the period that carries the FLAT fee
+        self._res_flat = [-1, -1]
+        self._res_flat_at = [-1, -1]
+        self._warnings: dict[str, None] = {}
+        self._last_start: int | None = None
+        self._all_reservation = True
+
+    # -- feeding ---------------------------------------------------------------------------
+    def add_all(self, periods: Iterable[ChargingPeriod]) -> None:
+        for period in periods:
+            self.add(period)
+
+    def add(self, p: ChargingPeriod) -> None:
+        t = p.start_epoch_ms
+        if self._last_start is not None and t < self._last_start:
+            raise UnratableSessionError(
+                f"charging periods must be in time order: period {len(self._periods)} starts "
+                "before the one before it")
+        if len(self._periods) >= MAX_PERIODS_PER_SESSION:
+            raise UnratableSessionError(
+                f"a session may have at most {MAX_PERIODS_PER_SESSION} charging periods")
+        self._last_start = t
+        ct = self.tariff
+        reserved = p.reservation_ms != 0
+        if not reserved:
+            self._all_reservation = False
+            if self._origin_ms is None:
+                self._origin_ms = t
+                if self.start_epoch_ms is not None and t < self.start_epoch_ms:
+                    self._warn("periods_before_session_start")
+        origin = self._origin_ms if self._origin_ms is not None else t
+
+        # Local time of the period start (DST-safe: offset looked up per instant).
+        epoch_s = t // 1000
+        lo, hi = self._win
+        if not lo <= epoch_s < hi:
+            self._locate(epoch_s)
+        day, sod = divmod(epoch_s + self._off, 86_400)
+        dow = (day + 3) % 7
+        cum = self._cum_milliwh
+        dur = t - origin
+
+        seen: list[bool | None] = [None] * self._n_elements
+
+        def first(cands: tuple[_Element, ...]) -> int:
+            for el in cands:
+                i = el.index
+                ok = seen[i]
+                if ok is None:
+                    ok = el.matches(sod, day, dow, cum, dur, p)
+                    seen[i] = ok
+                if ok:
+                    return i
+            return -1
+
+        e_en = e_ti = e_pa = e_re = e_ex = -1
+        if not reserved:
+            cands = ct.candidates[_CHARGING]
+            if p.energy_milliwh:
+                e_en = first(cands[_ENERGY])
+                self._energy_all += p.energy_milliwh
+                if e_en >= 0:
+                    self._qty[_ENERGY][e_en] += p.energy_milliwh
+                    self._last_energy = e_en
+                else:
+                    self._warn("energy_not_priced")
+            if p.time_ms:
+                e_ti = first(cands[_TIME])
+                if e_ti >= 0:
+                    self._qty[_TIME][e_ti] += p.time_ms
+                    self._last_time = (_TIME, e_ti)
+            if p.parking_ms:
+                e_pa = first(cands[_PARKING])
+                self._parking_all += p.parking_ms
+                if e_pa >= 0:
+                    self._qty[_PARKING][e_pa] += p.parking_ms
+                    self._last_time = (_PARKING, e_pa)
+            if self._flat < 0 and ct.flat_candidates[_CHARGING]:
+                self._flat = first(ct.flat_candidates[_CHARGING])
+                if self._flat >= 0:
+                    self._flat_at = len(self._periods)
+            self._cum_milliwh = cum + p.energy_milliwh
+        else:
+            self._reservation_all += p.reservation_ms
+            for slot, mode in ((0, _RESERVED), (1, _EXPIRED)):
+                e = first(ct.candidates[mode][_RESERVATION])
+                if e >= 0:
+                    self._res_qty[slot][e] += p.reservation_ms
+                    self._last_res[slot] = e
+                if self._res_flat[slot] < 0 and ct.flat_candidates[mode]:
+                    self._res_flat[slot] = first(ct.flat_candidates[mode])
+                    if self._res_flat[slot] >= 0:
+                        self._res_flat_at[slot] = len(self._periods)
+                if slot == 0:
+                    e_re = e
+                else:
+                    e_ex = e
+        if ct.needs_current and p.current_ma_min is None and p.current_ma_max is None \
+                and p.current_ma is None and not reserved:
+            self._warn("current_unknown_for_current_restriction")
+        if ct.needs_power and p.power_w_min is None and p.power_w_max is None \
+                and p.power_w is None and not reserved:
+            self._warn("power_unknown_for_power_restriction")
+        self._periods.append(p)
+        self._choices.append((e_en, e_ti, e_pa, e_re, e_ex))
+
+    def _locate(self, epoch_s: int) -> None:
+        table = self._table
+        if table is None or not table.covers(epoch_s):
+            table = self.tariff.offsets(self.time_zone, epoch_s)
+            self._table = table
+        i = bisect.bisect_right(table.instants_s, epoch_s) - 1
+        i = max(i, 0)
+        self._off = table.offsets_s[i]
+        lo = table.instants_s[i]
+        hi = table.instants_s[i + 1] if i + 1 < len(table.instants_s) else table.hi_s
+        self._win = (max(lo, table.lo_s), hi)
+
+    def _warn(self, code: str) -> None:
+        self._warnings[code] = None
+
+    # -- pricing -------------------------------------------------------------------------
+    def snapshot(self, end_epoch_ms: int | None = None, *,
+                 reservation_expired: bool | None = None, final: bool = False) -> RatedSession:
+        """Price what has been added so far, as if the session ended at ``end_epoch_ms``."""
+        ct = self.tariff
+        els = ct.elements
+        qty = self._qty
+        warnings = dict(self._warnings)
+        if not self._periods:
+            warnings["no_charging_periods"] = None
+
+        # step_size, once per session: ENERGY on its own.
+        energy = CostPart()
+        energy_extra = (-1, 0)
+        for i, q in enumerate(qty[_ENERGY]):
+            if q:
+                energy = energy + _cost(_req(els[i].energy), q, ENERGY_FACTOR)
+        if self._last_energy >= 0:
+            total = sum(qty[_ENERGY])
+            comp = _req(els[self._last_energy].energy)
+            extra = _step_extra(total, comp.step)
+            if extra:
+                energy = energy + _cost(comp, extra, ENERGY_FACTOR)
+                energy_extra = (self._last_energy, extra)
+
+        # TIME and PARKING_TIME together: only the dimension priced last is rounded.
+        time_cost = CostPart()
+        parking_cost = CostPart()
+        for i, q in enumerate(qty[_TIME]):
+            if q:
+                time_cost = time_cost + _cost(_req(els[i].time), q, TIME_FACTOR)
+        for i, q in enumerate(qty[_PARKING]):
+            if q:
+                parking_cost = parking_cost + _cost(_req(els[i].parking), q, TIME_FACTOR)
+        time_extra = (-1, -1, 0)
+        dim, last = self._last_time
+        if last >= 0:
+            comp = _req(els[last].time if dim == _TIME else els[last].parking)
+            extra = _step_extra(sum(qty[dim]), comp.step)
+            if extra:
+                part = _cost(comp, extra, TIME_FACTOR)
+                if dim == _TIME:
+                    time_cost = time_cost + part
+                else:
+                    parking_cost = parking_cost + part
+                time_extra = (dim, last, extra)
+
+        # Reservation: time and fee, under RESERVATION or RESERVATION_EXPIRES elements.
+        expired = reservation_expired
+        if expired is None:
+            expired = self._all_reservation and bool(self._periods)
+        slot = 1 if expired else 0
+        reservation = CostPart()
+        res_qty = self._res_qty[slot]
+        for i, q in enumerate(res_qty):
+            if q:
+                reservation = reservation + _cost(_req(els[i].time), q, TIME_FACTOR)
+        res_extra = (-1, 0)
+        if self._last_res[slot] >= 0:
+            comp = _req(els[self._last_res[slot]].time)
+            extra = _step_extra(sum(res_qty), comp.step)
+            if extra:
+                reservation = reservation + _cost(comp, extra, TIME_FACTOR)
+                res_extra = (self._last_res[slot], extra)
+        if self._res_flat[slot] >= 0:
+            reservation = reservation + _cost(_req(els[self._res_flat[slot]].flat), 1,
+                                              FLAT_FACTOR)
+
+        fixed = CostPart()
+        if self._flat >= 0 and not expired:
+            fixed = _cost(_req(els[self._flat].flat), 1, FLAT_FACTOR)
+
+        total = energy + time_cost + parking_cost + reservation + fixed
+        bounded, bound = _apply_bounds(total, ct.min_price, ct.max_price)
+        adjustment = CostPart(bounded.excl - total.excl, bounded.incl - total.incl)
+
+        # Durations.
+        if end_epoch_ms is None:
+            end_epoch_ms = self._periods[-1].start_epoch_ms if self._periods else 0
+        origin = self._origin_ms
+        if origin is None and self.start_epoch_ms is not None and not self._all_reservation:
+            origin = self.start_epoch_ms
+        total_time_ms = max(0, end_epoch_ms - origin) if origin is not None else 0
+
+        breakdown = _Breakdown(
+            self.tariff, tuple(self._periods), tuple(self._choices), energy_extra, time_extra,
+            res_extra, slot,
+            (self._flat, self._flat_at) if not expired else (-1, -1),
+            (self._res_flat[slot], self._res_flat_at[slot]))
+        return RatedSession(
+            currency=ct.currency,
+            total_cost=bounded.price(),
+            total_fixed_cost=fixed.price(),
+            total_energy=Decimal(self._energy_all) / MILLIWH_PER_KWH,
+            total_energy_cost=energy.price(),
+            total_time=quantize_full(total_time_ms, MS_PER_HOUR),
+            total_time_cost=time_cost.price(),
+            total_parking_time=quantize_full(self._parking_all, MS_PER_HOUR),
+            total_parking_cost=parking_cost.price(),
+            total_reservation_time=quantize_full(self._reservation_all, MS_PER_HOUR),
+            total_reservation_cost=reservation.price(),
+            price_bound_adjustment=adjustment.price(),
+            price_bound=bound,
+            total_cost_exact=bounded,
+            warnings=tuple(warnings),
+            final=final,
+            _breakdown=breakdown,
+        )
+
+
+def _req(component: _Component | None) -> _Component:
+    if component is None:
+        raise InvariantViolation("a chosen element has a component for its dimension")
+    return component
+
+
+def _step_extra(total: int, step: int) -> int:
+    """How much to add to ``total`` to reach the next multiple of ``step`` (0 for total <= 0)."""
+    if total <= 0 or step <= 1:
+        return 0
+    return (-total) % step
+
+
+def _bound_numerators(bound: Price) -> tuple[int, int | None]:
+    excl = to_scaled_int(bound.excl_vat, 12) * MONEY_DENOMINATOR // 10**12
+    incl = None
+    if bound.incl_vat is not None:
+        incl = to_scaled_int(bound.incl_vat, 12) * MONEY_DENOMINATOR * VAT_SCALE // 10**12
+    return excl, incl
+
+
+def _apply_bounds(total: CostPart, min_price: Price | None, max_price: Price | None
+                  ) -> tuple[CostPart, str | None]:
+    """Bound excl and incl independently (mod_tariffs notes on min_price / max_price).
+
+    A bound without ``incl_vat`` bounds incl. VAT by the same factor as excl. VAT, keeping the
+    session's own VAT mix (the tariff gave no incl. VAT figure to hold it to).
+    """
+    excl, incl = total.excl, total.incl
+    bound: str | None = None
+    for name, price, is_min in (("min_price", min_price, True), ("max_price", max_price, False)):
+        if price is None:
+            continue
+        b_excl, b_incl = _bound_numerators(price)
+        hit_excl = excl < b_excl if is_min else excl > b_excl
+        if b_incl is None:
+            if hit_excl:
+                # Scale incl by the same ratio; with no excl to scale from, incl = excl.
+                incl = incl * b_excl // excl if excl else b_excl * VAT_SCALE
+                excl = b_excl
+                bound = name
+            continue
+        hit_incl = incl < b_incl if is_min else incl > b_incl
+        if hit_excl:
+            excl = b_excl
+            bound = name
+        if hit_incl:
+            incl = b_incl
+            bound = name
+    return CostPart(excl, incl), bound
+
+
+# -- per-period breakdown --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Breakdown:
+    tariff: CompiledTariff
+    periods: tuple[ChargingPeriod, ...]
+    choices: tuple[tuple[int, int, int, int, int], ...]
+    energy_extra: tuple[int, int]  # (element, extra milliwh) carried by the last energy period
+    time_extra: tuple[int, int, int]  # (dimension, element, extra ms)
+    res_extra: tuple[int, int]
+    res_slot: int
+    flat: tuple[int, int]  # (element, period index) of the FLAT fee, or (-1, -1)
+    res_flat: tuple[int, int]  # the same for the reservation fee
+
+    def build(self) -> tuple[RatedPeriod, ...]:
+        els = self.tariff.elements
+        last_energy = _last_index(self.choices, 0)
+        time_dim = self.time_extra[0]
+        last_time = _last_index(self.choices, time_dim) if time_dim >= 0 else -1
+        last_res = _last_index(self.choices, 3 + self.res_slot)
+        out: list[RatedPeriod] = []
+        for n, (p, ch) in enumerate(zip(self.periods, self.choices, strict=True)):
+            dims: list[RatedDimension] = []
+            if p.reservation_ms:
+                e = ch[3 + self.res_slot]
+                extra = self.res_extra[1] if n == last_res else 0
+                dims.append(_dimension("RESERVATION_TIME", p.reservation_ms, extra, MS_PER_HOUR,
+                                       e, els[e].time if e >= 0 else None, TIME_FACTOR))
+                if n == self.res_flat[1]:
+                    e = self.res_flat[0]
+                    dims.append(_dimension("FLAT", 1, 0, 1, e, els[e].flat, FLAT_FACTOR))
+                out.append(RatedPeriod(n, _iso(p.start_epoch_ms), tuple(dims)))
+                continue
+            if n == self.flat[1]:
+                e = self.flat[0]
+                dims.append(_dimension("FLAT", 1, 0, 1, e, els[e].flat, FLAT_FACTOR))
+            if p.energy_milliwh:
+                e = ch[0]
+                extra = self.energy_extra[1] if n == last_energy else 0
+                dims.append(_dimension("ENERGY", p.energy_milliwh, extra, MILLIWH_PER_KWH, e,
+                                       els[e].energy if e >= 0 else None, ENERGY_FACTOR))
+            if p.time_ms:
+                e = ch[1]
+                extra = self.time_extra[2] if (n == last_time and time_dim == _TIME) else 0
+                dims.append(_dimension("TIME", p.time_ms, extra, MS_PER_HOUR, e,
+                                       els[e].time if e >= 0 else None, TIME_FACTOR))
+            if p.parking_ms:
+                e = ch[2]
+                extra = self.time_extra[2] if (n == last_time and time_dim == _PARKING) else 0
+                dims.append(_dimension("PARKING_TIME", p.parking_ms, extra, MS_PER_HOUR, e,
+                                       els[e].parking if e >= 0 else None, TIME_FACTOR))
+            out.append(RatedPeriod(n, _iso(p.start_epoch_ms), tuple(dims)))
+        return tuple(out)
+
+
+def _last_index(choices: Sequence[tuple[int, ...]], k: int) -> int:
+    for n in range(len(choices) - 1, -1, -1):
+        if choices[n][k] >= 0:
+            return n
+    return -1
+
+
+def _dimension(kind: str, quantity: int, extra: int, per_unit: int, element: int,
+               comp: _Component | None, factor: int) -> RatedDimension:
+    volume = quantize_full(quantity, per_unit)
+    billed_volume = quantize_full(quantity + extra, per_unit)
+    if comp is None:
+        zero = Price(Decimal(0), Decimal(0))
+        return RatedDimension(kind, volume, volume, None, None, None, zero)
+    billed = quantity + extra
+    cost = _cost(comp, billed, factor)
+    return RatedDimension(
+        type=kind, volume=volume, billed_volume=billed_volume, element_index=element,
+        price=Decimal(comp.price_micro).scaleb(-PRICE_DECIMALS),
+        vat=Decimal(comp.vat_bp).scaleb(-VAT_DECIMALS) if comp.has_vat else None,
+        cost=cost.price(),
+    )
+
+
+def _iso(epoch_ms_value: int) -> str:
+    return from_epoch_ms(epoch_ms_value).isoformat().replace("+00:00", "Z")
+
+
+# -- the one-call API ------------------------------------------------------------------------------
+
+
+def rate(tariff: Tariff | CompiledTariff, session: SessionFacts) -> RatedSession:
+    """Price a finished session (or an ongoing one up to its last period)."""
+    rater = SessionRater(tariff, session.time_zone, session.start_epoch_ms)
+    rater.add_all(session.periods)
+    return rater.snapshot(session.end_epoch_ms,
+                          reservation_expired=session.reservation_expired,
+                          final=session.end_epoch_ms is not None)
