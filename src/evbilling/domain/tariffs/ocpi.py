@@ -29,7 +29,7 @@ from evbilling.domain.tariffs.model import (
 )
 
 #: Limits on what one tariff may hold (TIGER_STYLE: a limit on everything).
-MAX_ELEMENTS = 1_000
+MAX_ELEMENTS = 1_000  # element indices fit int16 in the bulk path
 MAX_COMPONENTS_PER_ELEMENT = 4
 MAX_STEP_SIZE = 10_000_000
 
