@@ -25,12 +25,16 @@ from decimal import (
     Context,
     Decimal,
 )
-from enum import Enum
+from enum import StrEnum
 from functools import lru_cache
 
 from babel.numbers import get_currency_precision, is_currency
 
-from evbilling.domain.errors import CurrencyMismatchError, LossyCalculationError, UnknownCurrencyError
+from evbilling.domain.errors import (
+    CurrencyMismatchError,
+    LossyCalculationError,
+    UnknownCurrencyError,
+)
 from evbilling.domain.invariants import require
 
 #: Decimal places a tariff rate may carry (OCPI prices, stored as NUMERIC(18, 6)).
@@ -39,7 +43,7 @@ PRICE_DECIMALS = 6
 VAT_DECIMALS = 2
 
 
-class RoundingMode(str, Enum):
+class RoundingMode(StrEnum):
     """The rounding modes an operator may choose; HALF_UP is the default everywhere."""
 
     HALF_UP = ROUND_HALF_UP
@@ -61,11 +65,12 @@ class Currency:
 
     @staticmethod
     def of(code: str) -> Currency:
-        return _currency(code.upper())
+        currency: Currency = _currency(code.upper())
+        return currency
 
     @property
     def minor_per_major(self) -> int:
-        return 10**self.exponent
+        return int(10**self.exponent)
 
     def __str__(self) -> str:
         return self.code
@@ -93,7 +98,7 @@ def round_to_minor(
     _refuse_float(value)
     require(isinstance(value, Decimal | int), "round_to_minor takes Decimal or int")
     exponent = Decimal(1).scaleb(-currency.exponent)
-    quantized = Decimal(value).quantize(exponent, rounding=mode.value)
+    quantized = Decimal(value).quantize(exponent, rounding=str(mode.value))
     return int(quantized.scaleb(currency.exponent))
 
 
@@ -217,7 +222,7 @@ def allocate(total_minor: int, weights: Sequence[int | Decimal]) -> list[int]:
     return parts
 
 
-class PriceUnit(str, Enum):
+class PriceUnit(StrEnum):
     """What a tariff rate is per."""
 
     KWH = "kWh"

@@ -29,13 +29,20 @@ implementation that tests compare against this one.
 from __future__ import annotations
 
 import bisect
+import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from evbilling.domain.errors import RatingError
 from evbilling.domain.invariants import InvariantViolation
-from evbilling.domain.money import PRICE_DECIMALS, VAT_DECIMALS, Currency, quantize_full, to_scaled_int
+from evbilling.domain.money import (
+    PRICE_DECIMALS,
+    VAT_DECIMALS,
+    Currency,
+    quantize_full,
+    to_scaled_int,
+)
 from evbilling.domain.periods import (
     MAX_PERIODS_PER_SESSION,
     MILLIWH_PER_KWH,
@@ -232,6 +239,10 @@ def _scaled(value: Decimal | None, places: int) -> int | None:
     return None if value is None else to_scaled_int(value, places)
 
 
+def _seconds_of_day(t: dt.time) -> int:
+    return t.hour * 3600 + t.minute * 60
+
+
 def _compile_element(index: int, element: TariffElement) -> _Element:
     r = element.restrictions
     tod = days = kwh = duration = current = power = None
@@ -239,15 +250,15 @@ def _compile_element(index: int, element: TariffElement) -> _Element:
     reservation = None
     if r is not None:
         if r.start_time is not None or r.end_time is not None:
-            start = 0 if r.start_time is None else r.start_time.hour * 3600 + r.start_time.minute * 60
-            end = 86_400 if r.end_time is None else r.end_time.hour * 3600 + r.end_time.minute * 60
+            start = 0 if r.start_time is None else _seconds_of_day(r.start_time)
+            end = 86_400 if r.end_time is None else _seconds_of_day(r.end_time)
             if end == 0:
                 end = 86_400  # "To stop at end of the day use: 00:00"
             tod = (start, end)
         days = _pair(None if r.start_date is None else day_number(r.start_date),
                      None if r.end_date is None else day_number(r.end_date))
         for day in r.day_of_week:
-            dow_mask |= 1 << day.index
+            dow_mask |= 1 << day.weekday
         kwh = _pair(_scaled(r.min_kwh, 6), _scaled(r.max_kwh, 6))  # kWh -> milliwh
         duration = _pair(None if r.min_duration is None else r.min_duration * MS_PER_S,
                          None if r.max_duration is None else r.max_duration * MS_PER_S)
@@ -355,7 +366,8 @@ class SessionRater:
     __slots__ = ("tariff", "time_zone", "start_epoch_ms", "_origin_ms", "_table", "_win",
                  "_off", "_periods", "_choices", "_qty", "_res_qty", "_cum_milliwh",
                  "_energy_all", "_parking_all", "_reservation_all", "_last_energy", "_last_time",
-                 "_last_res", "_flat", "_flat_at", "_res_flat", "_res_flat_at", "_warnings", "_last_start", "_n_elements",
+                 "_last_res", "_flat", "_flat_at", "_res_flat", "_res_flat_at", "_warnings",
+                 "_last_start", "_n_elements",
                  "_all_reservation")
 
     def __init__(self, tariff: Tariff | CompiledTariff, time_zone: str = "UTC",
@@ -521,9 +533,8 @@ class SessionRater:
             if q:
                 energy = energy + _cost(_req(els[i].energy), q, ENERGY_FACTOR)
         if self._last_energy >= 0:
-            total = sum(qty[_ENERGY])
             comp = _req(els[self._last_energy].energy)
-            extra = _step_extra(total, comp.step)
+            extra = _step_extra(sum(qty[_ENERGY]), comp.step)
             if extra:
                 energy = energy + _cost(comp, extra, ENERGY_FACTOR)
                 energy_extra = (self._last_energy, extra)

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from evbilling.domain.errors import RatingError
+from evbilling.domain.money import Currency, quantize_full
 from evbilling.domain.periods import MILLIWH_PER_KWH, MS_PER_HOUR, SessionFacts
 from evbilling.domain.rating import (
     _CHARGING,
@@ -44,12 +45,11 @@ from evbilling.domain.rating import (
     _Element,
     compile_tariff,
 )
-from evbilling.domain.money import Currency, quantize_full
 from evbilling.domain.tariffs.model import Price, Tariff
 from evbilling.domain.timezones import offset_table
 
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[Any]  # int64 (or int16 element choices)
+BoolArray = npt.NDArray[Any]
 _I64_SAFE = 2**62
 
 
@@ -265,7 +265,8 @@ class _Ctx:
         return local
 
     def _day(self) -> IntArray:
-        return self.get("local") // 86_400_000
+        day: IntArray = self.get("local") // 86_400_000
+        return day
 
     def _sod(self) -> IntArray:
         """Milliseconds since local midnight."""
@@ -337,7 +338,7 @@ def _match(el: _Element, c: _Ctx) -> BoolArray | None:
 
 
 def _first_choice(candidates: Sequence[_Element], matches: dict[int, BoolArray | None],
-                  eligible: BoolArray) -> npt.NDArray[np.int16]:
+                  eligible: BoolArray) -> IntArray:
     """Per period, the index of the first candidate that matches (-1 = none)."""
     choice = np.full(len(eligible), -1, dtype=np.int16)
     free = eligible.copy()
@@ -423,7 +424,7 @@ def rate_bulk(tariff: Tariff | CompiledTariff, batch: SessionBatch) -> BulkRated
     }
     names = {_ENERGY: "energy", _TIME: "time", _PARKING: "parking"}
     qty_cols = {_ENERGY: batch.energy_milliwh, _TIME: batch.time_ms, _PARKING: batch.parking_ms}
-    choices: dict[int, npt.NDArray[np.int16]] = {}
+    choices: dict[int, IntArray] = {}
     last: dict[int, IntArray] = {}
     for dim, qty in qty_cols.items():
         eligible = (qty != 0) & c.charging if c.any_res else (qty != 0)

@@ -10,12 +10,12 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from enum import Enum
+from enum import StrEnum
 
 from evbilling.domain.money import Currency
 
 
-class DimensionType(str, Enum):
+class DimensionType(StrEnum):
     """OCPI TariffDimensionType: what a price component prices."""
 
     ENERGY = "ENERGY"  # per kWh, step_size multiplier 1 Wh
@@ -24,7 +24,7 @@ class DimensionType(str, Enum):
     TIME = "TIME"  # per hour charging (or reserved, with a reservation restriction)
 
 
-class DayOfWeek(str, Enum):
+class DayOfWeek(StrEnum):
     MONDAY = "MONDAY"
     TUESDAY = "TUESDAY"
     WEDNESDAY = "WEDNESDAY"
@@ -34,7 +34,7 @@ class DayOfWeek(str, Enum):
     SUNDAY = "SUNDAY"
 
     @property
-    def index(self) -> int:
+    def weekday(self) -> int:
         """Monday = 0 ... Sunday = 6 (``date.weekday()``)."""
         return _DAY_INDEX[self]
 
@@ -42,12 +42,12 @@ class DayOfWeek(str, Enum):
 _DAY_INDEX = {day: i for i, day in enumerate(DayOfWeek)}
 
 
-class ReservationRestriction(str, Enum):
+class ReservationRestriction(StrEnum):
     RESERVATION = "RESERVATION"
     RESERVATION_EXPIRES = "RESERVATION_EXPIRES"
 
 
-class TariffType(str, Enum):
+class TariffType(StrEnum):
     AD_HOC_PAYMENT = "AD_HOC_PAYMENT"
     PROFILE_CHEAP = "PROFILE_CHEAP"
     PROFILE_FAST = "PROFILE_FAST"

@@ -139,7 +139,7 @@ def _parse_restrictions(r: Reader) -> TariffRestrictions:
     days: list[DayOfWeek] = []
     for i, value in enumerate(r.array("day_of_week")):
         try:
-            days.append(DayOfWeek(value))
+            days.append(DayOfWeek(str(value)))
         except ValueError:
             r.fail(f"day_of_week[{i}]", f"must be a day such as MONDAY, got {value!r}")
     restrictions = TariffRestrictions(

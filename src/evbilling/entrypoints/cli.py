@@ -1,0 +1,130 @@
+"""The ``evbilling`` command line (Typer + Rich). Thin: read files, call a use case, render."""
+
+from __future__ import annotations
+
+import json
+import sys
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from evbilling import __version__
+from evbilling.entrypoints.rendering import (
+    dumps,
+    number,
+    print_rated_session,
+    rated_session_to_json,
+)
+from evbilling.services.rating import DocumentError, rate_cdr_document, running_costs
+
+app = typer.Typer(
+    name="evbilling",
+    help="Billing and payments for EV charging operators.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+demo_app = typer.Typer(help="Demonstrations with packaged demo data.", no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class InputFileError(Exception):
+    """A file given on the command line cannot be read as JSON."""
+
+
+def read_json(path: Path) -> Any:
+    """Decode a JSON file keeping every number exact (Decimal)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise InputFileError(f"{path}: file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(f"{path}: cannot read: {exc}") from exc
+    try:
+        return json.loads(text, parse_float=Decimal)
+    except json.JSONDecodeError as exc:
+        raise InputFileError(
+            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from exc
+
+
+def fail(message: str) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def rate(
+    tariff: Annotated[Path, typer.Option("--tariff", help="OCPI 2.2.1 Tariff JSON file.")],
+    cdr: Annotated[Path, typer.Option("--cdr", help="OCPI 2.2.1 CDR (or Session) JSON file; "
+                                      "its own totals are ignored.")],
+    time_zone: Annotated[str, typer.Option("--time-zone", help="IANA time zone of the site; "
+                                           "tariff restrictions are in local time.")] = "UTC",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object with the OCPI "
+                                          "totals and the per-period breakdown.")] = False,
+) -> None:
+    """Price a CDR's charging periods under a tariff (OCPI 2.2.1 rules)."""
+    try:
+        tariff_doc = read_json(tariff)
+        cdr_doc = read_json(cdr)
+        parsed, rated = rate_cdr_document(tariff_doc, cdr_doc, time_zone,
+                                          tariff_source=str(tariff), cdr_source=str(cdr))
+    except (InputFileError, DocumentError) as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        sys.stdout.write(dumps(rated_session_to_json(rated, tariff_id=parsed.id,
+                                                     time_zone=time_zone)) + "\n")
+        return
+    print_rated_session(console, rated,
+                        title=f"Tariff {parsed.id} · CDR {cdr.name} · {time_zone}")
+
+
+def _demo_file(name: str) -> Path:
+    return Path(str(resources.files("evbilling") / "demo" / name))
+
+
+@demo_app.command("rating")
+def demo_rating() -> None:
+    """Rate a packaged time-of-use session: live running cost, then the final CDR."""
+    tariff_path, cdr_path = _demo_file("tou_tariff.json"), _demo_file("tou_cdr.json")
+    time_zone = "Europe/Berlin"
+    parsed, final = rate_cdr_document(read_json(tariff_path), read_json(cdr_path), time_zone)
+    console.rule(f"[bold]evbilling {__version__}[/bold] · rating demo")
+    console.print(f"Tariff [cyan]{parsed.id}[/cyan]: "
+                  f"{parsed.tariff_alt_text[0].text if parsed.tariff_alt_text else ''}")
+    live = Table(title="Running cost as the driver sees it (after each charging period)",
+                 title_justify="left")
+    live.add_column("after period starting (UTC)")
+    live.add_column("energy kWh", justify="right")
+    live.add_column("cost excl. VAT", justify="right")
+    live.add_column("cost incl. VAT", justify="right")
+    for label, snapshot in running_costs(parsed, read_json(cdr_path), time_zone):
+        live.add_row(label, str(number(snapshot.total_energy)),
+                     str(number(snapshot.total_cost.excl_vat)),
+                     str(number(snapshot.total_cost.incl_vat or Decimal(0))))
+    console.print(live)
+    print_rated_session(console, final, title="Final CDR (Europe/Berlin)")
+    console.print(f"Try it yourself: [bold]evbilling rate --tariff {tariff_path} "
+                  f"--cdr {cdr_path} --time-zone {time_zone} --json[/bold]")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
