@@ -402,103 +402,142 @@ class SessionRater:
         self._all_reservation = True
 
     # -- feeding ---------------------------------------------------------------------------
-    def add_all(self, periods: Iterable[ChargingPeriod]) -> None:
-        for period in periods:
-            self.add(period)
+    def add(self, period: ChargingPeriod) -> None:
+        """Add the next period (live cost: one sample at a time)."""
+        self.add_all((period,))
 
-    def add(self, p: ChargingPeriod) -> None:
-        t = p.start_epoch_ms
-        if self._last_start is not None and t < self._last_start:
-            raise UnratableSessionError(
-                f"charging periods must be in time order: period {len(self._periods)} starts "
-                "before the one before it")
-        if len(self._periods) >= MAX_PERIODS_PER_SESSION:
-            raise UnratableSessionError(
-                f"a session may have at most {MAX_PERIODS_PER_SESSION} charging periods")
-        self._last_start = t
+    def add_all(self, periods: Iterable[ChargingPeriod]) -> None:
+        """Add periods in time order. The loop is written flat, with locals, because it is the
+        hot path of rating (one iteration per period)."""
         ct = self.tariff
-        reserved = p.reservation_ms != 0
-        if not reserved:
-            self._all_reservation = False
-            if self._origin_ms is None:
+        n_el = self._n_elements
+        cand_energy, cand_time, cand_parking, _ = ct.candidates[_CHARGING]
+        cand_res = ct.candidates[_RESERVED][_RESERVATION]
+        cand_exp = ct.candidates[_EXPIRED][_RESERVATION]
+        flat_cands = ct.flat_candidates
+        qty_energy, qty_time, qty_parking = self._qty
+        res_qty = self._res_qty
+        needs_current, needs_power = ct.needs_current, ct.needs_power
+        choices = self._choices
+        stored = self._periods
+        win_lo, win_hi = self._win
+        off = self._off
+        cum = self._cum_milliwh
+        for p in periods:
+            t = p.start_epoch_ms
+            if self._last_start is not None and t < self._last_start:
+                raise UnratableSessionError(
+                    f"charging periods must be in time order: period {len(stored)} starts "
+                    "before the one before it")
+            if len(stored) >= MAX_PERIODS_PER_SESSION:
+                raise UnratableSessionError(
+                    f"a session may have at most {MAX_PERIODS_PER_SESSION} charging periods")
+            self._last_start = t
+            reserved = p.reservation_ms != 0
+            if not reserved and self._origin_ms is None:
+                self._all_reservation = False
                 self._origin_ms = t
                 if self.start_epoch_ms is not None and t < self.start_epoch_ms:
-                    self._warn("periods_before_session_start")
-        origin = self._origin_ms if self._origin_ms is not None else t
+                    self._warnings["periods_before_session_start"] = None
+            origin = self._origin_ms if self._origin_ms is not None else t
 
-        # Local time of the period start (DST-safe: offset looked up per instant).
-        epoch_s = t // 1000
-        lo, hi = self._win
-        if not lo <= epoch_s < hi:
-            self._locate(epoch_s)
-        day, sod = divmod(epoch_s + self._off, 86_400)
-        dow = (day + 3) % 7
-        cum = self._cum_milliwh
-        dur = t - origin
+            # Local time of the period start (DST-safe: the offset window is per instant).
+            epoch_s = t // 1000
+            if not win_lo <= epoch_s < win_hi:
+                self._locate(epoch_s)
+                win_lo, win_hi = self._win
+                off = self._off
+            day, sod = divmod(epoch_s + off, 86_400)
+            dow = (day + 3) % 7
+            dur = t - origin
+            seen: list[bool | None] = [None] * n_el
 
-        seen: list[bool | None] = [None] * self._n_elements
-
-        def first(cands: tuple[_Element, ...]) -> int:
-            for el in cands:
-                i = el.index
-                ok = seen[i]
-                if ok is None:
-                    ok = el.matches(sod, day, dow, cum, dur, p)
-                    seen[i] = ok
-                if ok:
-                    return i
-            return -1
-
-        e_en = e_ti = e_pa = e_re = e_ex = -1
-        if not reserved:
-            cands = ct.candidates[_CHARGING]
-            if p.energy_milliwh:
-                e_en = first(cands[_ENERGY])
-                self._energy_all += p.energy_milliwh
-                if e_en >= 0:
-                    self._qty[_ENERGY][e_en] += p.energy_milliwh
-                    self._last_energy = e_en
-                else:
-                    self._warn("energy_not_priced")
-            if p.time_ms:
-                e_ti = first(cands[_TIME])
-                if e_ti >= 0:
-                    self._qty[_TIME][e_ti] += p.time_ms
-                    self._last_time = (_TIME, e_ti)
-            if p.parking_ms:
-                e_pa = first(cands[_PARKING])
-                self._parking_all += p.parking_ms
-                if e_pa >= 0:
-                    self._qty[_PARKING][e_pa] += p.parking_ms
-                    self._last_time = (_PARKING, e_pa)
-            if self._flat < 0 and ct.flat_candidates[_CHARGING]:
-                self._flat = first(ct.flat_candidates[_CHARGING])
-                if self._flat >= 0:
-                    self._flat_at = len(self._periods)
-            self._cum_milliwh = cum + p.energy_milliwh
-        else:
-            self._reservation_all += p.reservation_ms
-            for slot, mode in ((0, _RESERVED), (1, _EXPIRED)):
-                e = first(ct.candidates[mode][_RESERVATION])
-                if e >= 0:
-                    self._res_qty[slot][e] += p.reservation_ms
-                    self._last_res[slot] = e
-                if self._res_flat[slot] < 0 and ct.flat_candidates[mode]:
-                    self._res_flat[slot] = first(ct.flat_candidates[mode])
-                    if self._res_flat[slot] >= 0:
-                        self._res_flat_at[slot] = len(self._periods)
-                if slot == 0:
-                    e_re = e
-                else:
-                    e_ex = e
-        if ct.needs_current and p.current_ma_min is None and p.current_ma_max is None \
-                and p.current_ma is None and not reserved:
-            self._warn("current_unknown_for_current_restriction")
-        if ct.needs_power and p.power_w_min is None and p.power_w_max is None \
-                and p.power_w is None and not reserved:
-            self._warn("power_unknown_for_power_restriction")
-        self._periods.append(p)
-        self._choices.append((e_en, e_ti, e_pa, e_re, e_ex))
+            e_en = e_ti = e_pa = e_re = e_ex = -1
+            if not reserved:
+                energy = p.energy_milliwh
+                if energy:
+                    for el in cand_energy:
+                        ok = seen[el.index]
+                        if ok is None:
+                            ok = seen[el.index] = el.matches(sod, day, dow, cum, dur, p)
+                        if ok:
+                            e_en = el.index
+                            break
+                    self._energy_all += energy
+                    if e_en >= 0:
+                        qty_energy[e_en] += energy
+                        self._last_energy = e_en
+                    else:
+                        self._warnings["energy_not_priced"] = None
+                if p.time_ms:
+                    for el in cand_time:
+                        ok = seen[el.index]
+                        if ok is None:
+                            ok = seen[el.index] = el.matches(sod, day, dow, cum, dur, p)
+                        if ok:
+                            e_ti = el.index
+                            break
+                    if e_ti >= 0:
+                        qty_time[e_ti] += p.time_ms
+                        self._last_time = (_TIME, e_ti)
+                if p.parking_ms:
+                    for el in cand_parking:
+                        ok = seen[el.index]
+                        if ok is None:
+                            ok = seen[el.index] = el.matches(sod, day, dow, cum, dur, p)
+                        if ok:
+                            e_pa = el.index
+                            break
+                    self._parking_all += p.parking_ms
+                    if e_pa >= 0:
+                        qty_parking[e_pa] += p.parking_ms
+                        self._last_time = (_PARKING, e_pa)
+                if self._flat < 0:
+                    for el in flat_cands[_CHARGING]:
+                        ok = seen[el.index]
+                        if ok is None:
+                            ok = seen[el.index] = el.matches(sod, day, dow, cum, dur, p)
+                        if ok:
+                            self._flat = el.index
+                            self._flat_at = len(stored)
+                            break
+                cum += energy
+                if needs_current and p.current_ma_min is None and p.current_ma_max is None \
+                        and p.current_ma is None:
+                    self._warnings["current_unknown_for_current_restriction"] = None
+                if needs_power and p.power_w_min is None and p.power_w_max is None \
+                        and p.power_w is None:
+                    self._warnings["power_unknown_for_power_restriction"] = None
+            else:
+                self._reservation_all += p.reservation_ms
+                for slot, cands, mode in ((0, cand_res, _RESERVED), (1, cand_exp, _EXPIRED)):
+                    e = -1
+                    for el in cands:
+                        ok = seen[el.index]
+                        if ok is None:
+                            ok = seen[el.index] = el.matches(sod, day, dow, cum, dur, p)
+                        if ok:
+                            e = el.index
+                            break
+                    if e >= 0:
+                        res_qty[slot][e] += p.reservation_ms
+                        self._last_res[slot] = e
+                    if self._res_flat[slot] < 0:
+                        for el in flat_cands[mode]:
+                            ok = seen[el.index]
+                            if ok is None:
+                                ok = seen[el.index] = el.matches(sod, day, dow, cum, dur, p)
+                            if ok:
+                                self._res_flat[slot] = el.index
+                                self._res_flat_at[slot] = len(stored)
+                                break
+                    if slot == 0:
+                        e_re = e
+                    else:
+                        e_ex = e
+            stored.append(p)
+            choices.append((e_en, e_ti, e_pa, e_re, e_ex))
+        self._cum_milliwh = cum
 
     def _locate(self, epoch_s: int) -> None:
         table = self._table

@@ -270,9 +270,12 @@ class _Ctx:
 
     def _sod(self) -> IntArray:
         """Milliseconds since local midnight."""
+        sod: IntArray
         if "day" in self._cache:
-            return self.get("local") - self.get("day") * 86_400_000
-        return self.get("local") % 86_400_000
+            sod = self.get("local") - self.get("day") * 86_400_000
+        else:
+            sod = self.get("local") % 86_400_000
+        return sod
 
     def _dow(self) -> IntArray:
         return (self.get("day") + 3) % 7
