@@ -423,16 +423,20 @@ class SessionRater:
         win_lo, win_hi = self._win
         off = self._off
         cum = self._cum_milliwh
-        for p in periods:
+        batch = tuple(periods)
+        if len(stored) + len(batch) > MAX_PERIODS_PER_SESSION:
+            raise UnratableSessionError(
+                f"a session may have at most {MAX_PERIODS_PER_SESSION} charging periods")
+        last_start = self._last_start if self._last_start is not None else -(2**62)
+        energy_all, parking_all = self._energy_all, self._parking_all
+        last_energy, last_time, flat = self._last_energy, self._last_time, self._flat
+        for p in batch:
             t = p.start_epoch_ms
-            if self._last_start is not None and t < self._last_start:
+            if t < last_start:
                 raise UnratableSessionError(
                     f"charging periods must be in time order: period {len(stored)} starts "
                     "before the one before it")
-            if len(stored) >= MAX_PERIODS_PER_SESSION:
-                raise UnratableSessionError(
-                    f"a session may have at most {MAX_PERIODS_PER_SESSION} charging periods")
-            self._last_start = t
+            last_start = t
             reserved = p.reservation_ms != 0
             if not reserved and self._origin_ms is None:
                 self._all_reservation = False
@@ -463,10 +467,10 @@ class SessionRater:
                         if ok:
                             e_en = el.index
                             break
-                    self._energy_all += energy
+                    energy_all += energy
                     if e_en >= 0:
                         qty_energy[e_en] += energy
-                        self._last_energy = e_en
+                        last_energy = e_en
                     else:
                         self._warnings["energy_not_priced"] = None
                 if p.time_ms:
@@ -479,7 +483,7 @@ class SessionRater:
                             break
                     if e_ti >= 0:
                         qty_time[e_ti] += p.time_ms
-                        self._last_time = (_TIME, e_ti)
+                        last_time = (_TIME, e_ti)
                 if p.parking_ms:
                     for el in cand_parking:
                         ok = seen[el.index]
@@ -488,17 +492,17 @@ class SessionRater:
                         if ok:
                             e_pa = el.index
                             break
-                    self._parking_all += p.parking_ms
+                    parking_all += p.parking_ms
                     if e_pa >= 0:
                         qty_parking[e_pa] += p.parking_ms
-                        self._last_time = (_PARKING, e_pa)
-                if self._flat < 0:
+                        last_time = (_PARKING, e_pa)
+                if flat < 0:
                     for el in flat_cands[_CHARGING]:
                         ok = seen[el.index]
                         if ok is None:
                             ok = seen[el.index] = el.matches(sod, day, dow, cum, dur, p)
                         if ok:
-                            self._flat = el.index
+                            flat = el.index
                             self._flat_at = len(stored)
                             break
                 cum += energy
@@ -538,6 +542,10 @@ class SessionRater:
             stored.append(p)
             choices.append((e_en, e_ti, e_pa, e_re, e_ex))
         self._cum_milliwh = cum
+        if batch:
+            self._last_start = last_start
+        self._energy_all, self._parking_all = energy_all, parking_all
+        self._last_energy, self._last_time, self._flat = last_energy, last_time, flat
 
     def _locate(self, epoch_s: int) -> None:
         table = self._table
