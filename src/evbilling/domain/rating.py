@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -115,6 +115,12 @@ class _Element:
     time: _Component | None
     parking: _Component | None
     flat: _Component | None
+    #: ``matches`` specialised to this element's restrictions (see ``_build_matcher``).
+    matcher: Callable[[int, int, int, int, int, ChargingPeriod], bool] = field(
+        init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "matcher", _build_matcher(self))
 
     def matches(self, sod: int, day: int, dow: int, cum: int, dur: int,
                 p: ChargingPeriod) -> bool:
@@ -157,6 +163,61 @@ class _Element:
             if hi is not None and (high is None or high >= hi):
                 return False
         return True
+
+
+def _bounds_ok(low: int | None, high: int | None, lo: int | None, hi: int | None) -> bool:
+    """Current/power restriction: [lo, hi) against the period's minimum and maximum."""
+    if lo is not None and (low is None or low < lo):
+        return False
+    return hi is None or (high is not None and high < hi)
+
+
+def _current_ok(p: ChargingPeriod, lo: int | None, hi: int | None) -> bool:
+    low = p.current_ma_min if p.current_ma_min is not None else p.current_ma
+    high = p.current_ma_max if p.current_ma_max is not None else p.current_ma
+    return _bounds_ok(low, high, lo, hi)
+
+
+def _power_ok(p: ChargingPeriod, lo: int | None, hi: int | None) -> bool:
+    low = p.power_w_min if p.power_w_min is not None else p.power_w
+    high = p.power_w_max if p.power_w_max is not None else p.power_w
+    return _bounds_ok(low, high, lo, hi)
+
+
+def _build_matcher(el: _Element) -> Callable[[int, int, int, int, int, ChargingPeriod], bool]:
+    """``el.matches`` as one boolean expression holding only the restrictions ``el`` has.
+
+    Rating evaluates restrictions for every period, so this is the innermost hot path; a
+    specialised expression is about three times faster than the generic method. The source is
+    built only from integers computed here (never from input text), the way ``dataclasses``
+    generates ``__init__``; a property test checks it agrees with ``matches`` everywhere.
+    """
+    terms: list[str] = []
+    if el.tod is not None:
+        start, end = el.tod
+        if start < end:
+            terms.append(f"{start} <= sod < {end}" if start else f"sod < {end}")
+        elif start > end:
+            terms.append(f"(sod >= {start} or sod < {end})")
+    if el.dow_mask:
+        terms.append(f"({el.dow_mask} >> dow) & 1")
+    for bounds, name in ((el.days, "day"), (el.kwh, "cum"), (el.duration, "dur")):
+        if bounds is not None:
+            lo, hi = bounds
+            if lo is not None:
+                terms.append(f"{name} >= {int(lo)}")
+            if hi is not None:
+                terms.append(f"{name} < {int(hi)}")
+    if el.current is not None:
+        terms.append(f"_current_ok(p, {el.current[0]!r}, {el.current[1]!r})")
+    if el.power is not None:
+        terms.append(f"_power_ok(p, {el.power[0]!r}, {el.power[1]!r})")
+    body = " and ".join(terms) if terms else "True"
+    source = f"lambda sod, day, dow, cum, dur, p: {body}"
+    namespace = {"_current_ok": _current_ok, "_power_ok": _power_ok, "__builtins__": {}}
+    matcher: Callable[[int, int, int, int, int, ChargingPeriod], bool] = eval(  # noqa: S307
+        compile(source, f"<tariff element {el.index}>", "eval"), namespace)
+    return matcher
 
 
 class CompiledTariff:
@@ -463,7 +524,7 @@ class SessionRater:
                     for el in cand_energy:
                         ok = seen[el.index]
                         if ok is None:
-                            ok = seen[el.index] = el.matches(sod, day, dow, cum, dur, p)
+                            ok = seen[el.index] = el.matcher(sod, day, dow, cum, dur, p)
                         if ok:
                             e_en = el.index
                             break
@@ -477,7 +538,7 @@ class SessionRater:
                     for el in cand_time:
                         ok = seen[el.index]
                         if ok is None:
-                            ok = seen[el.index] = el.matches(sod, day, dow, cum, dur, p)
+                            ok = seen[el.index] = el.matcher(sod, day, dow, cum, dur, p)
                         if ok:
                             e_ti = el.index
                             break
@@ -488,7 +549,7 @@ class SessionRater:
                     for el in cand_parking:
                         ok = seen[el.index]
                         if ok is None:
-                            ok = seen[el.index] = el.matches(sod, day, dow, cum, dur, p)
+                            ok = seen[el.index] = el.matcher(sod, day, dow, cum, dur, p)
                         if ok:
                             e_pa = el.index
                             break
@@ -500,7 +561,7 @@ class SessionRater:
                     for el in flat_cands[_CHARGING]:
                         ok = seen[el.index]
                         if ok is None:
-                            ok = seen[el.index] = el.matches(sod, day, dow, cum, dur, p)
+                            ok = seen[el.index] = el.matcher(sod, day, dow, cum, dur, p)
                         if ok:
                             flat = el.index
                             self._flat_at = len(stored)
@@ -519,7 +580,7 @@ class SessionRater:
                     for el in cands:
                         ok = seen[el.index]
                         if ok is None:
-                            ok = seen[el.index] = el.matches(sod, day, dow, cum, dur, p)
+                            ok = seen[el.index] = el.matcher(sod, day, dow, cum, dur, p)
                         if ok:
                             e = el.index
                             break
@@ -530,7 +591,7 @@ class SessionRater:
                         for el in flat_cands[mode]:
                             ok = seen[el.index]
                             if ok is None:
-                                ok = seen[el.index] = el.matches(sod, day, dow, cum, dur, p)
+                                ok = seen[el.index] = el.matcher(sod, day, dow, cum, dur, p)
                             if ok:
                                 self._res_flat[slot] = el.index
                                 self._res_flat_at[slot] = len(stored)
