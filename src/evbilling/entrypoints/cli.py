@@ -31,6 +31,8 @@ app = typer.Typer(
 )
 demo_app = typer.Typer(help="Demonstrations with packaged demo data.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -114,6 +116,77 @@ def demo_rating() -> None:
     print_rated_session(console, final, title="Final CDR (Europe/Berlin)")
     console.print(f"Try it yourself: [bold]evbilling rate --tariff {tariff_path} "
                   f"--cdr {cdr_path} --time-zone {time_zone} --json[/bold]")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    database_url: Annotated[str | None, typer.Option("--database-url", envvar=
+                                                     "EVBILLING_DATABASE_URL",
+                                                     help="Default: sqlite:///evbilling.sqlite3"
+                                                     )] = None,
+) -> None:
+    """Migrate the database to the newest schema."""
+    from evbilling.adapters.db.engine import database_url as resolve
+    from evbilling.adapters.db.engine import make_engine, migrate
+
+    engine = make_engine(database_url)
+    migrate(engine)
+    console.print(f"database at [cyan]{_safe_url(resolve(database_url))}[/cyan] is up to date")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@demo_app.command("seed")
+def demo_seed(
+    database_url: Annotated[str | None, typer.Option("--database-url",
+                                                     envvar="EVBILLING_DATABASE_URL")] = None,
+) -> None:
+    """Create the demo operator (idempotent); log-ins are listed in the README."""
+    from evbilling.adapters.db.engine import make_engine, migrate
+    from evbilling.services.demo import DEMO_API_KEY, seed_demo
+
+    engine = make_engine(database_url)
+    migrate(engine)
+    with engine.begin() as conn:
+        operator_id = seed_demo(conn)
+    console.print(f"demo operator [cyan]{operator_id}[/cyan] ready; "
+                  f"admin API key [bold]{DEMO_API_KEY}[/bold]")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    database_url: Annotated[str | None, typer.Option("--database-url",
+                                                     envvar="EVBILLING_DATABASE_URL")] = None,
+    demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Seed the demo operator first."
+                                       )] = False,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+) -> None:
+    """Serve the API (migrates the database first); /docs shows the OpenAPI UI."""
+    import os
+
+    import uvicorn
+
+    from evbilling.adapters.db.engine import make_engine, migrate
+    from evbilling.services.demo import DEMO_API_KEY, seed_demo
+
+    if database_url:
+        os.environ["EVBILLING_DATABASE_URL"] = database_url
+    engine = make_engine(database_url)
+    migrate(engine)
+    if demo:
+        with engine.begin() as conn:
+            seed_demo(conn)
+        console.print(f"demo data ready: admin API key [bold]{DEMO_API_KEY}[/bold]")
+    engine.dispose()
+    console.print(f"evbilling API on [bold]http://{host}:{port}/docs[/bold]")
+    uvicorn.run("evbilling.entrypoints.api.asgi:app", host=host, port=port, workers=workers,
+                log_level="warning", access_log=False)
 
 
 @app.command()

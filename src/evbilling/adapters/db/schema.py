@@ -1,0 +1,357 @@
+"""The relational schema (SQLAlchemy Core). SQLite embedded, PostgreSQL in production.
+
+Every tenant-owned table carries ``operator_id`` (first in its indexes, Citus-compatible).
+Money is integer minor units (BigInteger); tariff rates live inside OCPI tariff documents as
+exact decimal strings. Ids are prefixed, time-sortable strings (``adapters/ids.py``).
+Changing this file needs an Alembic revision (``evbilling db revision``); the schema test fails
+when the migrations and these tables disagree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """Aware UTC datetimes in and out, on every backend (SQLite keeps no offset itself)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any
+                             ) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+ID = 40  # length of our prefixed ids
+
+
+def _id() -> Column[str]:
+    return Column("id", String(ID), primary_key=True)
+
+
+def _operator() -> Column[str]:
+    return Column("operator_id", String(ID), ForeignKey("operators.id"), nullable=False,
+                  index=True)
+
+
+def _created() -> Column[object]:
+    return Column("created_at", UtcDateTime(), nullable=False)
+
+
+operators = Table(
+    "operators", metadata,
+    _id(),
+    Column("name", String(200), nullable=False),
+    Column("country_code", String(2), nullable=False),
+    Column("party_id", String(3), nullable=False),
+    Column("currency", String(3), nullable=False),
+    _created(),
+    UniqueConstraint("country_code", "party_id", name="uq_operators_ocpi_party"),
+)
+
+users = Table(
+    "users", metadata,
+    _id(),
+    _operator(),
+    Column("email", String(320), nullable=False),
+    Column("password_hash", String(200), nullable=False),
+    Column("role", String(20), nullable=False),
+    Column("driver_id", String(ID), ForeignKey("drivers.id"), nullable=True),
+    Column("disabled", Boolean, nullable=False, default=False),
+    _created(),
+    UniqueConstraint("operator_id", "email", name="uq_users_operator_email"),
+    CheckConstraint("role in ('admin','operator_staff','finance','driver')", name="role"),
+)
+
+auth_sessions = Table(
+    "auth_sessions", metadata,
+    _id(),
+    _operator(),
+    Column("user_id", String(ID), ForeignKey("users.id"), nullable=False, index=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("revoked_at", UtcDateTime(), nullable=True),
+    _created(),
+)
+
+api_keys = Table(
+    "api_keys", metadata,
+    _id(),
+    _operator(),
+    Column("name", String(200), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("role", String(20), nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("revoked_at", UtcDateTime(), nullable=True),
+    Column("last_used_at", UtcDateTime(), nullable=True),
+    _created(),
+)
+
+sites = Table(
+    "sites", metadata,
+    _id(),
+    _operator(),
+    Column("name", String(200), nullable=False),
+    Column("time_zone", String(64), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("vat_percent", Numeric(5, 2), nullable=False),
+    Column("street", String(200), nullable=True),
+    Column("city", String(100), nullable=True),
+    Column("postal_code", String(20), nullable=True),
+    Column("country", String(3), nullable=False),
+    _created(),
+)
+
+chargers = Table(
+    "chargers", metadata,
+    _id(),
+    _operator(),
+    Column("site_id", String(ID), ForeignKey("sites.id"), nullable=False, index=True),
+    Column("ocpp_identity", String(48), nullable=False, unique=True),
+    Column("password_hash", String(200), nullable=True),
+    Column("security_profile", Integer, nullable=False),
+    Column("ocpp_version", String(8), nullable=False),
+    Column("vendor", String(50), nullable=True),
+    Column("model", String(50), nullable=True),
+    _created(),
+    CheckConstraint("security_profile in (0, 1, 2, 3)", name="security_profile"),
+)
+
+evses = Table(
+    "evses", metadata,
+    _id(),
+    _operator(),
+    Column("charger_id", String(ID), ForeignKey("chargers.id"), nullable=False, index=True),
+    Column("evse_uid", String(48), nullable=False),
+    Column("ocpp_evse_id", Integer, nullable=False),
+    _created(),
+    UniqueConstraint("charger_id", "ocpp_evse_id", name="uq_evses_charger_ocpp"),
+)
+
+connectors = Table(
+    "connectors", metadata,
+    _id(),
+    _operator(),
+    Column("evse_id", String(ID), ForeignKey("evses.id"), nullable=False, index=True),
+    Column("connector_number", Integer, nullable=False),
+    Column("standard", String(40), nullable=False),
+    Column("power_type", String(20), nullable=False),
+    Column("max_power_w", Integer, nullable=False),
+    _created(),
+    UniqueConstraint("evse_id", "connector_number", name="uq_connectors_evse_number"),
+)
+
+tariffs = Table(
+    "tariffs", metadata,
+    _id(),
+    _operator(),
+    Column("name", String(200), nullable=False),
+    Column("currency", String(3), nullable=False),
+    _created(),
+)
+
+tariff_versions = Table(
+    "tariff_versions", metadata,
+    _id(),
+    _operator(),
+    Column("tariff_id", String(ID), ForeignKey("tariffs.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("document", JSON, nullable=False),  # OCPI 2.2.1 Tariff, numbers as decimal strings
+    Column("used_at", UtcDateTime(), nullable=True),  # set once used: immutable
+    _created(),
+    UniqueConstraint("tariff_id", "version", name="uq_tariff_versions_tariff_version"),
+)
+
+tariff_assignments = Table(
+    "tariff_assignments", metadata,
+    _id(),
+    _operator(),
+    Column("tariff_id", String(ID), ForeignKey("tariffs.id"), nullable=False, index=True),
+    Column("site_id", String(ID), ForeignKey("sites.id"), nullable=True, index=True),
+    Column("connector_id", String(ID), ForeignKey("connectors.id"), nullable=True),
+    Column("plan_id", String(ID), ForeignKey("plans.id"), nullable=True),
+    Column("valid_from", UtcDateTime(), nullable=False),
+    Column("valid_to", UtcDateTime(), nullable=True),
+    _created(),
+    CheckConstraint("site_id is not null or connector_id is not null", name="target"),
+)
+
+drivers = Table(
+    "drivers", metadata,
+    _id(),
+    _operator(),
+    Column("name", String(200), nullable=False),
+    Column("email", String(320), nullable=True),
+    Column("fleet_account", String(200), nullable=True),
+    Column("time_zone", String(64), nullable=False),
+    _created(),
+)
+
+tokens = Table(
+    "tokens", metadata,
+    _id(),
+    _operator(),
+    Column("driver_id", String(ID), ForeignKey("drivers.id"), nullable=False, index=True),
+    Column("kind", String(10), nullable=False),
+    Column("uid", String(64), nullable=False),
+    Column("status", String(10), nullable=False),
+    _created(),
+    UniqueConstraint("operator_id", "uid", name="uq_tokens_operator_uid"),
+    CheckConstraint("kind in ('RFID','APP_USER','AD_HOC_USER','OTHER')", name="kind"),
+    CheckConstraint("status in ('ACTIVE','BLOCKED','EXPIRED')", name="status"),
+)
+
+vehicles = Table(
+    "vehicles", metadata,
+    _id(),
+    _operator(),
+    Column("driver_id", String(ID), ForeignKey("drivers.id"), nullable=False, index=True),
+    Column("make", String(100), nullable=False),
+    Column("model", String(100), nullable=False),
+    Column("battery_kwh", Numeric(8, 3), nullable=True),
+    _created(),
+)
+
+plans = Table(
+    "plans", metadata,
+    _id(),
+    _operator(),
+    Column("kind", String(20), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("terms", JSON, nullable=False),  # kind-specific terms, validated by the domain
+    Column("active", Boolean, nullable=False),
+    Column("version", Integer, nullable=False),
+    _created(),
+)
+
+driver_plans = Table(
+    "driver_plans", metadata,
+    _id(),
+    _operator(),
+    Column("driver_id", String(ID), ForeignKey("drivers.id"), nullable=False, index=True),
+    Column("plan_id", String(ID), ForeignKey("plans.id"), nullable=False),
+    Column("starts_at", UtcDateTime(), nullable=False),
+    Column("ends_at", UtcDateTime(), nullable=True),
+    _created(),
+)
+
+wallets = Table(
+    "wallets", metadata,
+    _id(),
+    _operator(),
+    Column("driver_id", String(ID), ForeignKey("drivers.id"), nullable=False, unique=True),
+    Column("currency", String(3), nullable=False),
+    Column("balance_minor", BigInteger, nullable=False),
+    Column("version", Integer, nullable=False),
+    _created(),
+    CheckConstraint("balance_minor >= 0", name="balance_non_negative"),
+)
+
+promotions = Table(
+    "promotions", metadata,
+    _id(),
+    _operator(),
+    Column("name", String(200), nullable=False),
+    Column("code", String(64), nullable=True),
+    Column("terms", JSON, nullable=False),
+    Column("active", Boolean, nullable=False),
+    _created(),
+    UniqueConstraint("operator_id", "code", name="uq_promotions_operator_code"),
+)
+
+promotion_redemptions = Table(
+    "promotion_redemptions", metadata,
+    _id(),
+    _operator(),
+    Column("promotion_id", String(ID), ForeignKey("promotions.id"), nullable=False, index=True),
+    Column("driver_id", String(ID), ForeignKey("drivers.id"), nullable=False, index=True),
+    Column("session_id", String(ID), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    _created(),
+    UniqueConstraint("promotion_id", "session_id", name="uq_redemptions_promotion_session"),
+)
+
+loyalty_tiers = Table(
+    "loyalty_tiers", metadata,
+    _id(),
+    _operator(),
+    Column("name", String(100), nullable=False),
+    Column("terms", JSON, nullable=False),
+    _created(),
+)
+
+charging_sessions = Table(
+    "charging_sessions", metadata,
+    _id(),
+    _operator(),
+    Column("driver_id", String(ID), ForeignKey("drivers.id"), nullable=True),
+    Column("site_id", String(ID), ForeignKey("sites.id"), nullable=False),
+    Column("connector_id", String(ID), ForeignKey("connectors.id"), nullable=True),
+    Column("plan_id", String(ID), ForeignKey("plans.id"), nullable=True),
+    Column("tariff_version_id", String(ID), ForeignKey("tariff_versions.id"), nullable=True),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("ended_at", UtcDateTime(), nullable=True),
+    Column("energy_milliwh", BigInteger, nullable=False),
+    Column("periods", JSON, nullable=False),  # OCPI charging periods
+    Column("currency", String(3), nullable=False),
+    Column("total_excl_minor", BigInteger, nullable=True),
+    Column("total_incl_minor", BigInteger, nullable=True),
+    _created(),
+    Index("ix_charging_sessions_driver_started", "operator_id", "driver_id", "started_at"),
+)
+
+audit_log = Table(
+    "audit_log", metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("operator_id", String(ID), nullable=True, index=True),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("action", String(100), nullable=False),
+    Column("target", String(200), nullable=True),
+    Column("outcome", String(20), nullable=False),
+    Column("source_ip", String(64), nullable=True),
+    Column("detail", Text, nullable=True),
+)

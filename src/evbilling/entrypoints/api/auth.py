@@ -1,0 +1,134 @@
+"""Who is calling: API keys (operators' integrations) and session tokens (staff and drivers).
+
+Both are opaque bearer tokens stored only as SHA-256 hashes. Passwords are argon2id.
+Roles: ``admin`` and ``operator_staff`` manage their operator's data, ``finance`` reads it
+(money actions come with payments), ``driver`` sees only their own records.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import Connection, insert, select, update
+
+from evbilling.adapters.db import schema as s
+from evbilling.adapters.ids import new_id
+from evbilling.adapters.security import new_token, token_hash, verify_password
+from evbilling.entrypoints.api.errors import ApiError
+
+API_KEY_PREFIX = "evbk"
+SESSION_PREFIX = "evbs"
+SESSION_TTL = dt.timedelta(hours=12)
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    OPERATOR_STAFF = "operator_staff"
+    FINANCE = "finance"
+    DRIVER = "driver"
+
+
+STAFF = frozenset({Role.ADMIN, Role.OPERATOR_STAFF})
+STAFF_AND_FINANCE = frozenset({Role.ADMIN, Role.OPERATOR_STAFF, Role.FINANCE})
+EVERYONE = frozenset(Role)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    operator_id: str
+    role: Role
+    actor: str  # "user:usr_..." or "key:key_..."
+    driver_id: str | None = None
+    can_write: bool = True
+
+    @property
+    def is_driver(self) -> bool:
+        return self.role is Role.DRIVER
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def audit(conn: Connection, *, operator_id: str | None, actor: str, action: str,
+          outcome: str, target: str | None = None, source_ip: str | None = None,
+          detail: str | None = None) -> None:
+    conn.execute(insert(s.audit_log).values(
+        operator_id=operator_id, at=now(), actor=actor, action=action, target=target,
+        outcome=outcome, source_ip=source_ip, detail=detail))
+
+
+def authenticate(conn: Connection, authorization: str | None) -> Principal:
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise ApiError("unauthenticated", "send 'Authorization: Bearer <API key or session "
+                       "token>'", headers={"WWW-Authenticate": "Bearer"})
+    token = authorization[7:].strip()
+    digest = token_hash(token)
+    if token.startswith(API_KEY_PREFIX + "_"):
+        key = conn.execute(select(s.api_keys).where(s.api_keys.c.key_hash == digest)).first()
+        if key is not None and key.revoked_at is None:
+            scopes = set(key.scopes or [])
+            return Principal(operator_id=key.operator_id, role=Role(key.role),
+                             actor=f"key:{key.id}", can_write="write" in scopes)
+    elif token.startswith(SESSION_PREFIX + "_"):
+        row = conn.execute(
+            select(s.auth_sessions, s.users.c.role, s.users.c.driver_id, s.users.c.disabled)
+            .join(s.users, s.users.c.id == s.auth_sessions.c.user_id)
+            .where(s.auth_sessions.c.token_hash == digest)).first()
+        if row is not None and row.revoked_at is None and not row.disabled \
+                and _aware(row.expires_at) > now():
+            return Principal(operator_id=row.operator_id, role=Role(row.role),
+                             actor=f"user:{row.user_id}", driver_id=row.driver_id)
+    raise ApiError("unauthenticated", "the token is unknown, revoked or expired",
+                   headers={"WWW-Authenticate": "Bearer"})
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def get_principal(request: Request) -> Principal:
+    engine = request.app.state.engine
+    with engine.connect() as conn:
+        return authenticate(conn, request.headers.get("authorization"))
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def require_role(principal: Principal, roles: frozenset[Role], *, write: bool = False) -> None:
+    if principal.role not in roles:
+        raise ApiError("forbidden", f"the {principal.role.value} role may not do this")
+    if write and not principal.can_write:
+        raise ApiError("forbidden", "this API key is read-only")
+
+
+def login(conn: Connection, *, operator_id: str, email: str, password: str,
+          source_ip: str | None) -> tuple[str, dt.datetime, str]:
+    """Verify a password and open a session. Returns (token, expires_at, role)."""
+    user = conn.execute(select(s.users).where(
+        s.users.c.operator_id == operator_id, s.users.c.email == email.lower())).first()
+    if user is None or user.disabled or not verify_password(user.password_hash, password):
+        audit(conn, operator_id=operator_id if user is not None else None,
+              actor=f"email:{email.lower()}", action="login", outcome="failure",
+              source_ip=source_ip)
+        raise ApiError("unauthenticated", "wrong e-mail or password")
+    token = new_token(SESSION_PREFIX)
+    expires_at = now() + SESSION_TTL
+    conn.execute(insert(s.auth_sessions).values(
+        id=new_id("ses"), operator_id=operator_id, user_id=user.id,
+        token_hash=token_hash(token), expires_at=expires_at, created_at=now()))
+    audit(conn, operator_id=operator_id, actor=f"user:{user.id}", action="login",
+          outcome="success", source_ip=source_ip)
+    return token, expires_at, str(user.role)
+
+
+def logout(conn: Connection, authorization: str | None) -> None:
+    if authorization and authorization.lower().startswith("bearer "):
+        conn.execute(update(s.auth_sessions)
+                     .where(s.auth_sessions.c.token_hash == token_hash(authorization[7:].strip()))
+                     .values(revoked_at=now()))

@@ -1,0 +1,112 @@
+"""RFC 9457 problem details with a stable ``code``. Every API error goes through here.
+
+``STATUS_BY_CODE`` maps each domain error code to an HTTP status once; codes not listed are 422
+(a well-formed request the rules refuse).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from evbilling.domain.errors import DomainError
+
+PROBLEM = "application/problem+json"
+TYPE_BASE = "https://evbilling.dev/problems/"
+
+STATUS_BY_CODE: dict[str, int] = {
+    "not_found": 404,
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "conflict": 409,
+    "in_use": 409,
+    "tariff_version_in_use": 409,
+    "already_exists": 409,
+    "rate_limited": 429,
+    "validation_error": 422,
+    "invalid_tariff": 422,
+    "invalid_cdr": 422,
+    "invalid_document": 422,
+    "unknown_time_zone": 422,
+    "unknown_currency": 422,
+    "internal_error": 500,
+}
+
+TITLES: dict[int, str] = {
+    400: "Bad request", 401: "Authentication required", 403: "Forbidden", 404: "Not found",
+    409: "Conflict", 422: "Unprocessable request", 429: "Too many requests",
+    500: "Internal server error",
+}
+
+
+class ApiError(Exception):
+    """An error raised by an entry point, rendered as problem+json."""
+
+    def __init__(self, code: str, detail: str, *, status: int | None = None,
+                 extra: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.status = status or STATUS_BY_CODE.get(code, 422)
+        self.extra = extra or {}
+        self.headers = headers
+
+
+def problem(status: int, code: str, detail: str, *, instance: str | None = None,
+            extra: dict[str, Any] | None = None,
+            headers: dict[str, str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + code,
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update(extra or {})
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return problem(exc.status, exc.code, exc.detail, instance=request.url.path,
+                       extra=exc.extra, headers=exc.headers)
+
+    @app.exception_handler(DomainError)
+    async def _domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        status = STATUS_BY_CODE.get(exc.code, 422)
+        extra: dict[str, Any] = {}
+        field = getattr(exc, "field", None)
+        if field:
+            extra["field"] = field
+        return problem(status, exc.code, exc.message, instance=request.url.path, extra=extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"field": ".".join(str(p) for p in err.get("loc", ()) if p != "body"),
+             "message": str(err.get("msg", "")), "type": str(err.get("type", ""))}
+            for err in exc.errors()
+        ]
+        first = errors[0] if errors else {"field": "", "message": "invalid request"}
+        detail = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+        return problem(422, "validation_error", detail, instance=request.url.path,
+                       extra={"errors": errors})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthenticated",
+                403: "forbidden"}.get(exc.status_code, "http_error")
+        return problem(exc.status_code, code, str(exc.detail), instance=request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        return problem(500, "internal_error", "an unexpected error occurred; it was logged",
+                       instance=request.url.path)
