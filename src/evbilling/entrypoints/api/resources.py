@@ -269,6 +269,46 @@ def _user_values(values: dict[str, Any], _p: Principal, _c: Connection,
     return values
 
 
+# -- tariff assignments ----------------------------------------------------------------------------
+class AssignmentCreate(Strict):
+    tariff_id: Id
+    site_id: Id | None = None
+    connector_id: Id | None = None
+    plan_id: Id | None = Field(default=None, description="per-plan override")
+    valid_from: dt.datetime
+    valid_to: dt.datetime | None = None
+
+
+class AssignmentUpdate(Strict):
+    valid_to: dt.datetime | None = None
+
+
+class AssignmentOut(Out):
+    tariff_id: str
+    site_id: str | None
+    connector_id: str | None
+    plan_id: str | None
+    valid_from: dt.datetime
+    valid_to: dt.datetime | None
+
+
+def _assignment_values(values: dict[str, Any], _p: Principal, _c: Connection,
+                       creating: bool) -> dict[str, Any]:
+    for key in ("valid_from", "valid_to"):
+        value = values.get(key)
+        if value is not None and value.tzinfo is None:
+            raise ApiError("validation_error", f"{key}: give a time zone offset (e.g. Z)",
+                           extra={"field": key})
+    if creating and values.get("site_id") is None and values.get("connector_id") is None:
+        raise ApiError("validation_error", "site_id: name a site or a connector",
+                       extra={"field": "site_id"})
+    if values.get("valid_to") is not None and values.get("valid_from") is not None \
+            and values["valid_to"] <= values["valid_from"]:
+        raise ApiError("validation_error", "valid_to: must be after valid_from",
+                       extra={"field": "valid_to"})
+    return values
+
+
 def resources() -> list[Resource]:
     return [
         Resource("sites", s.sites, "site", SiteCreate, SiteUpdate, SiteOut,
@@ -283,6 +323,12 @@ def resources() -> list[Resource]:
         Resource("connectors", s.connectors, "con", ConnectorCreate, ConnectorUpdate,
                  ConnectorOut, read_roles=STAFF_AND_FINANCE, write_roles=STAFF,
                  references={"evse_id": s.evses}, filters=("evse_id",)),
+        Resource("tariff-assignments", s.tariff_assignments, "tas", AssignmentCreate,
+                 AssignmentUpdate, AssignmentOut, read_roles=STAFF_AND_FINANCE,
+                 write_roles=STAFF, filters=("tariff_id", "site_id", "connector_id", "plan_id"),
+                 references={"tariff_id": s.tariffs, "site_id": s.sites,
+                             "connector_id": s.connectors, "plan_id": s.plans},
+                 prepare=_assignment_values, audited=True),
         Resource("drivers", s.drivers, "drv", DriverCreate, DriverUpdate, DriverOut,
                  read_roles=EVERYONE, write_roles=STAFF, driver_column="id",
                  filters=("email", "fleet_account")),

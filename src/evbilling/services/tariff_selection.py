@@ -1,0 +1,62 @@
+"""Which tariff version prices a session: the one in force for its connector, plan and start.
+
+Rules (docs/api.md): a connector assignment beats a site assignment; an assignment for the
+driver's plan beats a generic one (per-plan override); among equals the latest ``valid_from``
+wins. The version in force is the newest one published at or before the start (a session keeps
+the version it started with).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, or_, select
+
+from evbilling.adapters.db import schema as s
+from evbilling.domain.errors import DomainError
+from evbilling.domain.tariffs import Tariff, parse_tariff
+
+
+class NoTariffInForceError(DomainError):
+    code = "no_tariff_in_force"
+
+
+@dataclass(frozen=True, slots=True)
+class TariffInForce:
+    tariff_id: str
+    version_id: str
+    version: int
+    tariff: Tariff
+
+
+def tariff_in_force(conn: Connection, *, operator_id: str, site_id: str,
+                    connector_id: str | None, plan_id: str | None, at: dt.datetime
+                    ) -> TariffInForce:
+    a = s.tariff_assignments.c
+    target = a.site_id == site_id
+    if connector_id is not None:
+        target = or_(target, a.connector_id == connector_id)
+    rows = conn.execute(select(s.tariff_assignments).where(
+        a.operator_id == operator_id, target, a.valid_from <= at,
+        or_(a.valid_to.is_(None), a.valid_to > at),
+        or_(a.plan_id.is_(None), a.plan_id == plan_id) if plan_id else a.plan_id.is_(None),
+    )).fetchall()
+    if not rows:
+        raise NoTariffInForceError(f"no tariff is assigned to site {site_id!r} at {at.isoformat()}")
+
+    def rank(row: Any) -> tuple[int, int, dt.datetime]:
+        return (int(row.connector_id is not None and row.connector_id == connector_id),
+                int(row.plan_id is not None), row.valid_from)
+
+    best = max(rows, key=rank)
+    v = s.tariff_versions.c
+    version = conn.execute(select(s.tariff_versions).where(
+        v.tariff_id == best.tariff_id, v.operator_id == operator_id,
+        and_(v.created_at <= at)).order_by(v.version.desc()).limit(1)).first()
+    if version is None:  # a quote for a time before the first version: use the first one
+        version = conn.execute(select(s.tariff_versions).where(
+            v.tariff_id == best.tariff_id).order_by(v.version).limit(1)).one()
+    return TariffInForce(best.tariff_id, version.id, version.version,
+                         parse_tariff(version.document))
