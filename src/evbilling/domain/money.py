@@ -257,18 +257,27 @@ class UnitPrice:
 
 #: Decimal places of "full precision" amounts: what rating reports before any rounding to cents.
 FULL_PRECISION_PLACES = 12
-_FULL_QUANTUM = Decimal(1).scaleb(-FULL_PRECISION_PLACES)
-_FULL_CONTEXT = Context(prec=60, rounding=ROUND_HALF_UP)
+_FULL_SCALE = 10**FULL_PRECISION_PLACES
+_EXACT = Context(prec=100)  # wide enough that scaling never rounds
+_FULL_ZERO = Decimal(0).scaleb(-FULL_PRECISION_PLACES, context=_EXACT)
 
 
 def quantize_full(numerator: int, denominator: int = 1) -> Decimal:
-    """``numerator / denominator`` as a Decimal at full (12-place) precision, rounded half-up.
+    """``numerator / denominator`` as a Decimal at full (12-place) precision, rounded half-up
+    (half away from zero).
 
     Used for rating results, which are exact rationals (e.g. time priced per hour but measured
-    in ms); independent of the caller's decimal context, so every path gives the same digits.
+    in ms). Pure integer arithmetic: independent of any decimal context, so every path gives
+    the same digits.
     """
-    value = _FULL_CONTEXT.divide(Decimal(numerator), Decimal(denominator))
-    return value.quantize(_FULL_QUANTUM, context=_FULL_CONTEXT)
+    require(denominator > 0, "quantize_full needs a positive denominator")
+    if numerator == 0:
+        return _FULL_ZERO
+    magnitude, remainder = divmod(abs(numerator) * _FULL_SCALE, denominator)
+    if 2 * remainder >= denominator:
+        magnitude += 1
+    return Decimal(magnitude if numerator > 0 else -magnitude).scaleb(
+        -FULL_PRECISION_PLACES, context=_EXACT)
 
 
 def decimal_places(value: Decimal) -> int:

@@ -16,9 +16,9 @@ from rich.table import Table
 from evbilling import __version__
 from evbilling.entrypoints.rendering import (
     dumps,
-    number,
     print_rated_session,
     rated_session_to_json,
+    text,
 )
 from evbilling.services.rating import DocumentError, rate_cdr_document, running_costs
 
@@ -45,13 +45,13 @@ class InputFileError(Exception):
 def read_json(path: Path) -> Any:
     """Decode a JSON file keeping every number exact (Decimal)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise InputFileError(f"{path}: file not found") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise InputFileError(f"{path}: cannot read: {exc}") from exc
     try:
-        return json.loads(text, parse_float=Decimal)
+        return json.loads(raw, parse_float=Decimal)
     except json.JSONDecodeError as exc:
         raise InputFileError(
             f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
@@ -109,9 +109,9 @@ def demo_rating() -> None:
     live.add_column("cost excl. VAT", justify="right")
     live.add_column("cost incl. VAT", justify="right")
     for label, snapshot in running_costs(parsed, read_json(cdr_path), time_zone):
-        live.add_row(label, str(number(snapshot.total_energy)),
-                     str(number(snapshot.total_cost.excl_vat)),
-                     str(number(snapshot.total_cost.incl_vat or Decimal(0))))
+        live.add_row(label, text(snapshot.total_energy),
+                     text(snapshot.total_cost.excl_vat),
+                     text(snapshot.total_cost.incl_vat or Decimal(0)))
     console.print(live)
     print_rated_session(console, final, title="Final CDR (Europe/Berlin)")
     console.print(f"Try it yourself: [bold]evbilling rate --tariff {tariff_path} "

@@ -44,10 +44,20 @@ def number(value: Decimal) -> Decimal:
     return normal
 
 
-def price(value: Price) -> dict[str, Decimal | None]:
+def text(value: Decimal) -> str:
+    """``number`` in plain positional notation (never 1E-12)."""
+    return format(number(value), "f")
+
+
+def json_number(value: Decimal) -> simplejson.RawJSON:
+    """A JSON number written exactly as ``text`` writes it."""
+    return simplejson.RawJSON(text(value))
+
+
+def price(value: Price) -> dict[str, simplejson.RawJSON | None]:
     return {
-        "excl_vat": number(value.excl_vat),
-        "incl_vat": None if value.incl_vat is None else number(value.incl_vat),
+        "excl_vat": json_number(value.excl_vat),
+        "incl_vat": None if value.incl_vat is None else json_number(value.incl_vat),
     }
 
 
@@ -62,7 +72,7 @@ def rated_session_to_json(rated: RatedSession, *, tariff_id: str | None = None,
     for name in TOTAL_PRICE_FIELDS:
         out[name] = price(getattr(rated, name))
     for name in TOTAL_QUANTITY_FIELDS:
-        out[name] = number(getattr(rated, name))
+        out[name] = json_number(getattr(rated, name))
     out["price_bound"] = rated.price_bound
     out["price_bound_adjustment"] = price(rated.price_bound_adjustment)
     out["final"] = rated.final
@@ -74,11 +84,11 @@ def rated_session_to_json(rated: RatedSession, *, tariff_id: str | None = None,
             "dimensions": [
                 {
                     "type": d.type,
-                    "volume": number(d.volume),
-                    "billed_volume": number(d.billed_volume),
+                    "volume": json_number(d.volume),
+                    "billed_volume": json_number(d.billed_volume),
                     "element_index": d.element_index,
-                    "price": None if d.price is None else number(d.price),
-                    "vat": None if d.vat is None else number(d.vat),
+                    "price": None if d.price is None else json_number(d.price),
+                    "vat": None if d.vat is None else json_number(d.vat),
                     "cost": price(d.cost),
                 }
                 for d in period.dimensions
@@ -111,13 +121,13 @@ def print_rated_session(console: Console, rated: RatedSession, *, title: str) ->
                 str(period.index) if k == 0 else "",
                 period.start_date_time[5:16].replace("T", " ") if k == 0 else "",
                 _SHORT.get(d.type, d.type),
-                str(number(d.volume)),
-                "" if d.billed_volume == d.volume else str(number(d.billed_volume)),
+                text(d.volume),
+                "" if d.billed_volume == d.volume else text(d.billed_volume),
                 "-" if d.element_index is None else str(d.element_index),
-                "-" if d.price is None else str(number(d.price)),
+                "-" if d.price is None else text(d.price),
                 "n/a" if d.vat is None else str(d.vat.normalize()),
-                str(number(d.cost.excl_vat)),
-                str(number(d.cost.incl_vat)) if d.cost.incl_vat is not None else "-",
+                text(d.cost.excl_vat),
+                text(d.cost.incl_vat) if d.cost.incl_vat is not None else "-",
             )
     console.print(periods)
 
@@ -136,11 +146,11 @@ def print_rated_session(console: Console, rated: RatedSession, *, title: str) ->
     )
     for label, quantity, unit, cost in rows:
         totals.add_row(label, "" if quantity is None else f"{number(quantity)} {unit}",
-                       str(number(cost.excl_vat)), str(number(cost.incl_vat or Decimal(0))))
+                       text(cost.excl_vat), text(cost.incl_vat or Decimal(0)))
     if rated.price_bound is not None:
         adj = rated.price_bound_adjustment
-        totals.add_row(f"{rated.price_bound} adjustment", "", str(number(adj.excl_vat)),
-                       str(number(adj.incl_vat or Decimal(0))))
+        totals.add_row(f"{rated.price_bound} adjustment", "", text(adj.excl_vat),
+                       text(adj.incl_vat or Decimal(0)))
     totals.add_row("[bold]total cost[/bold]", f"{number(rated.total_time)} h session",
                    f"[bold]{number(rated.total_cost.excl_vat)}[/bold]",
                    f"[bold]{number(rated.total_cost.incl_vat or Decimal(0))}[/bold]")
