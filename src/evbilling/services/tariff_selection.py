@@ -9,14 +9,17 @@ the version it started with).
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, and_, or_, select
 
 from evbilling.adapters.db import schema as s
 from evbilling.domain.errors import DomainError
-from evbilling.domain.tariffs import Tariff, parse_tariff
+from evbilling.domain.rating import CompiledTariff, compile_tariff
+from evbilling.domain.tariffs import parse_tariff
 
 
 class NoTariffInForceError(DomainError):
@@ -28,7 +31,22 @@ class TariffInForce:
     tariff_id: str
     version_id: str
     version: int
-    tariff: Tariff
+    document: dict[str, Any]  # the stored OCPI document
+
+    @property
+    def compiled(self) -> CompiledTariff:
+        return compiled_tariff(self.document)
+
+
+@lru_cache(maxsize=512)
+def _compiled(document_json: str) -> CompiledTariff:
+    return compile_tariff(parse_tariff(json.loads(document_json)))
+
+
+def compiled_tariff(document: dict[str, Any]) -> CompiledTariff:
+    """Parse and compile a stored tariff document once per distinct content (a version may
+    still be corrected while unused, so the content, not the id, is the cache key)."""
+    return _compiled(json.dumps(document, sort_keys=True, separators=(",", ":")))
 
 
 def tariff_in_force(conn: Connection, *, operator_id: str, site_id: str,
@@ -58,5 +76,4 @@ def tariff_in_force(conn: Connection, *, operator_id: str, site_id: str,
     if version is None:  # a quote for a time before the first version: use the first one
         version = conn.execute(select(s.tariff_versions).where(
             v.tariff_id == best.tariff_id).order_by(v.version).limit(1)).one()
-    return TariffInForce(best.tariff_id, version.id, version.version,
-                         parse_tariff(version.document))
+    return TariffInForce(best.tariff_id, version.id, version.version, dict(version.document))

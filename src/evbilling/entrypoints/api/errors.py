@@ -33,6 +33,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_document": 422,
     "unknown_time_zone": 422,
     "unknown_currency": 422,
+    "no_tariff_in_force": 422,
+    "unknown_reference": 422,
     "internal_error": 500,
 }
 

@@ -1,0 +1,208 @@
+"""Benchmark: POST /api/v1/quotes under concurrent load against `evbilling serve`.
+
+Starts the real server (`evbilling serve --demo`) as a subprocess on SQLite and on PostgreSQL,
+drives it from a separate load-generator process (asyncio + httpx, N concurrent connections,
+fixed duration), and prints ONE JSON object with quotes/s and p50/p99 latency per database.
+
+    .venv/bin/python bench/api_quotes.py [--seconds 10] [--concurrency 32] [--quick]
+
+PostgreSQL: a throw-away database is created on EVBILLING_TEST_POSTGRES_URL's server
+(default postgresql://postgres@127.0.0.1:5432/postgres) and dropped afterwards; when the server
+is unreachable that part reports an error instead of a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+EVBILLING = str(Path(sys.executable).with_name("evbilling"))
+API_KEY = "evbk_demo_admin_key_do_not_use_in_production"
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
+GOALS = {"quotes_per_s": 1000, "p99_ms": 20}
+
+
+def log(message: str) -> None:
+    print(f"[api-quotes] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(database_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = dict(os.environ, EVBILLING_DATABASE_URL=database_url)
+    proc = subprocess.Popen([EVBILLING, "serve", "--demo", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}"
+                               if proc.stderr else "server exited")
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not start within 60 s")
+
+
+def quote_bodies(base: str) -> list[dict[str, Any]]:
+    sites = httpx.get(base + "/api/v1/sites", headers=HEADERS, timeout=10).json()["data"]
+    bodies = []
+    for i in range(64):
+        site = sites[i % len(sites)]
+        bodies.append({
+            "site_id": site["id"],
+            "start_at": f"2026-11-{1 + i % 28:02d}T{(6 + i) % 24:02d}:15:00Z",
+            "energy_kwh": str(5 + (i * 7) % 60),
+            "charging_minutes": 30 + (i * 11) % 180,
+            "idle_minutes": (i * 13) % 60,
+        })
+    return bodies
+
+
+async def _drive(base: str, bodies: list[dict[str, Any]], seconds: float, concurrency: int
+                 ) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, headers=HEADERS, limits=limits,
+                                 timeout=10) as client:
+        async def worker(k: int) -> None:
+            nonlocal errors
+            i = k
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                response = await client.post("/api/v1/quotes", json=bodies[i % len(bodies)])
+                latencies.append(time.perf_counter() - t0)
+                if response.status_code != 200:
+                    errors += 1
+                i += concurrency
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)
+
+    return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 2),
+            "quotes_per_s": round(len(latencies) / elapsed, 1), "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99),
+            "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None}
+
+
+def _load_process(base: str, bodies: list[dict[str, Any]], seconds: float, concurrency: int,
+                  out: Any) -> None:
+    out.put(asyncio.run(_drive(base, bodies, seconds, concurrency)))
+
+
+def measure(database_url: str, seconds: float, concurrency: int) -> dict[str, Any]:
+    proc, base = start_server(database_url)
+    try:
+        bodies = quote_bodies(base)
+        first = httpx.post(base + "/api/v1/quotes", json=bodies[0], headers=HEADERS, timeout=10)
+        if first.status_code != 200:
+            return {"error": f"quote failed: {first.status_code} {first.text[:300]}"}
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        warm = ctx.Process(target=_load_process, args=(base, bodies, 1.0, concurrency, queue))
+        warm.start()
+        queue.get()
+        warm.join()
+        loader = ctx.Process(target=_load_process,
+                             args=(base, bodies, seconds, concurrency, queue))
+        loader.start()
+        result: dict[str, Any] = queue.get()
+        loader.join()
+        result["example_total"] = first.json().get("total")
+        return result
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def postgres_database() -> tuple[str, str] | None:
+    import psycopg
+
+    admin = os.environ.get("EVBILLING_TEST_POSTGRES_URL",
+                           "postgresql://postgres@127.0.0.1:5432/postgres")
+    name = f"evb_bench_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        log(f"PostgreSQL unavailable: {exc}")
+        return None
+    return admin, name
+
+
+def drop_postgres(admin: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="2 s per database (smoke test)")
+    args = parser.parse_args()
+    seconds = 2.0 if args.quick else args.seconds
+    report: dict[str, Any] = {"benchmark": "api_quotes", "endpoint": "POST /api/v1/quotes",
+                              "seconds_per_database": seconds, "concurrency": args.concurrency,
+                              "server": "evbilling serve --demo (uvicorn, 1 worker process)",
+                              "load_generator": "separate process, asyncio + httpx keep-alive",
+                              "goals": GOALS}
+    with tempfile.TemporaryDirectory() as tmp:
+        log("SQLite ...")
+        report["sqlite"] = measure(f"sqlite:///{tmp}/bench.sqlite3", seconds, args.concurrency)
+    pg = postgres_database()
+    if pg is None:
+        report["postgres"] = {"error": "PostgreSQL unreachable"}
+    else:
+        admin, name = pg
+        base = admin.rsplit("/", 1)[0]
+        try:
+            log("PostgreSQL ...")
+            report["postgres"] = measure(f"{base}/{name}", seconds, args.concurrency)
+        finally:
+            drop_postgres(admin, name)
+    for db in ("sqlite", "postgres"):
+        r = report.get(db, {})
+        if "quotes_per_s" in r:
+            r["goal_met"] = r["quotes_per_s"] >= GOALS["quotes_per_s"] and \
+                r["p99_ms"] < GOALS["p99_ms"]
+    report["machine"] = {"python": platform.python_version(), "cpu_count": os.cpu_count(),
+                         "platform": platform.platform()}
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
