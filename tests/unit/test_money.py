@@ -24,6 +24,7 @@ from evbilling.domain.money import (
     money_sum,
     quantize_full,
     round_to_minor,
+    to_scaled_int,
     vat_factor,
 )
 
@@ -372,8 +373,38 @@ def test_unit_price_refuses_more_than_six_decimals() -> None:
         UnitPrice(Decimal("0.1234567"), EUR, PriceUnit.KWH)
 
 
+PAST_28_DIGITS = Decimal("0.25000000000000000000000000000001")  # 32 decimals, 31 digits
+
+
+def test_unit_price_refuses_extra_decimals_beyond_28_significant_digits() -> None:
+    with pytest.raises(InvariantViolation):
+        UnitPrice(PAST_28_DIGITS, EUR, PriceUnit.KWH)
+
+
 def test_unit_price_prints_its_unit() -> None:
     assert str(UnitPrice(Decimal("0.25"), EUR, PriceUnit.KWH)) == "0.25 EUR/kWh"
+
+
+# -- exact scaling ----------------------------------------------------------------------------
+
+
+def test_to_scaled_int_is_exact() -> None:
+    assert to_scaled_int(Decimal("0.3949"), 6) == 394_900
+
+
+def test_to_scaled_int_refuses_a_value_finer_than_the_scale() -> None:
+    with pytest.raises(ValueError, match="more than 6 decimal places"):
+        to_scaled_int(Decimal("1.0000001"), 6)
+
+
+def test_to_scaled_int_refuses_a_float() -> None:
+    with pytest.raises(LossyCalculationError):
+        to_scaled_int(0.5, 6)  # type: ignore[arg-type]
+
+
+def test_to_scaled_int_refuses_a_value_finer_than_the_scale_beyond_28_digits() -> None:
+    with pytest.raises(ValueError):
+        to_scaled_int(Decimal("1.0000000000000000000000000000001"), 6)
 
 
 # -- full precision ----------------------------------------------------------------------------

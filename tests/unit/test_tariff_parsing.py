@@ -349,6 +349,11 @@ def test_a_price_with_more_than_six_decimals_is_refused() -> None:
     assert "more than 6 decimal places" in error.reason
 
 
+def test_a_price_with_extra_decimals_beyond_28_significant_digits_is_refused() -> None:
+    error = parse_error(with_component(price=Decimal("0.25000000000000000000000000000001")))
+    assert error.field == "elements[0].price_components[0].price"
+
+
 def test_a_price_with_six_decimals_is_accepted() -> None:
     tariff = parse_tariff(with_component(price=Decimal("0.123456")))
     assert tariff.elements[0].price_components[0].price == Decimal("0.123456")
@@ -680,6 +685,16 @@ def test_an_energy_volume_finer_than_a_milliwatt_hour_is_refused() -> None:
     error = cdr_error(with_dimension("ENERGY", Decimal("1.0000001")))
     assert error.field == "charging_periods[0].dimensions[0].volume"
     assert "1 mWh" in error.reason
+
+
+def test_an_energy_volume_finer_than_a_milliwatt_hour_beyond_28_digits_is_refused() -> None:
+    error = cdr_error(with_dimension("ENERGY", Decimal("1.0000000000000000000000000000001")))
+    assert error.field == "charging_periods[0].dimensions[0].volume"
+
+
+def test_a_time_volume_finer_than_a_millisecond_beyond_28_digits_is_refused() -> None:
+    error = cdr_error(with_dimension("TIME", Decimal("1.0000000000000000000000000000001")))
+    assert error.field == "charging_periods[0].dimensions[0].volume"
 
 
 def test_an_energy_volume_of_one_milliwatt_hour_is_accepted() -> None:

@@ -8,10 +8,10 @@ scales of ``domain/periods.py``; a volume finer than those scales is refused wit
 from __future__ import annotations
 
 from collections.abc import Mapping
-from decimal import Decimal
+from decimal import Context, Decimal
 
 from evbilling.domain.errors import CdrParseError
-from evbilling.domain.money import to_scaled_int
+from evbilling.domain.money import exact_multiply, to_scaled_int
 from evbilling.domain.ocpi_json import Reader
 from evbilling.domain.periods import (
     MAX_PERIODS_PER_SESSION,
@@ -20,6 +20,8 @@ from evbilling.domain.periods import (
     SessionFacts,
     epoch_ms,
 )
+
+_WIDE = Context(prec=1000)
 
 #: OCPI CdrDimensionType values -> ChargingPeriod field and its scale.
 _DIMENSIONS: dict[str, tuple[str | None, str]] = {
@@ -97,8 +99,8 @@ def _scaled_volume(d: Reader, volume: Decimal, scale: str) -> int:
             return to_scaled_int(volume, 6)  # kWh -> milliwh
         if scale == "milli":
             return to_scaled_int(volume, 3)  # A -> mA, kW -> W
-        ms = volume * MS_PER_HOUR  # hours -> ms
-        if ms != ms.to_integral_value():
+        ms = exact_multiply(volume, MS_PER_HOUR)  # hours -> ms, never rounded
+        if ms != ms.to_integral_value(context=_WIDE):
             raise ValueError
         return int(ms)
     except ValueError:

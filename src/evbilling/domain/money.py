@@ -258,8 +258,14 @@ class UnitPrice:
 #: Decimal places of "full precision" amounts: what rating reports before any rounding to cents.
 FULL_PRECISION_PLACES = 12
 _FULL_SCALE = 10**FULL_PRECISION_PLACES
-_EXACT = Context(prec=100)  # wide enough that scaling never rounds
+#: Wide enough that scaling a parsed number never rounds (inputs are capped in length).
+_EXACT = Context(prec=1000, Emax=10**6, Emin=-(10**6))
 _FULL_ZERO = Decimal(0).scaleb(-FULL_PRECISION_PLACES, context=_EXACT)
+
+
+def exact_multiply(value: Decimal, factor: int) -> Decimal:
+    """``value * factor`` without the 28-digit rounding of the default context."""
+    return _EXACT.multiply(value, Decimal(factor))
 
 
 def quantize_full(numerator: int, denominator: int = 1) -> Decimal:
@@ -284,15 +290,19 @@ def decimal_places(value: Decimal) -> int:
     """Number of decimal places needed to write ``value`` exactly (trailing zeros ignored)."""
     if not value.is_finite():
         return 10**9
-    exponent = value.normalize().as_tuple().exponent
-    return max(0, -exponent) if isinstance(exponent, int) else 10**9
+    sign, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):
+        return 10**9
+    trailing_zeros = len(digits) - len("".join(map(str, digits)).rstrip("0")) if any(digits) \
+        else len(digits)
+    return max(0, -(exponent + trailing_zeros))
 
 
 def to_scaled_int(value: Decimal | int, places: int) -> int:
     """``value * 10**places`` as an exact int; raises ValueError if it is not exact."""
     _refuse_float(value)
-    scaled = Decimal(value).scaleb(places)
-    if scaled != scaled.to_integral_value():
+    scaled = Decimal(value).scaleb(places, context=_EXACT)
+    if scaled != scaled.to_integral_value(context=_EXACT):
         raise ValueError(f"{value} has more than {places} decimal places")
     return int(scaled)
 

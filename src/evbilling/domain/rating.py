@@ -45,6 +45,8 @@ from evbilling.domain.money import (
 )
 from evbilling.domain.periods import (
     MAX_PERIODS_PER_SESSION,
+    MAX_SESSION_DURATION_MS,
+    MAX_SESSION_ENERGY_MILLIWH,
     MILLIWH_PER_KWH,
     MILLIWH_PER_WH,
     MS_PER_HOUR,
@@ -485,18 +487,12 @@ class SessionRater:
         off = self._off
         cum = self._cum_milliwh
         batch = tuple(periods)
-        if len(stored) + len(batch) > MAX_PERIODS_PER_SESSION:
-            raise UnratableSessionError(
-                f"a session may have at most {MAX_PERIODS_PER_SESSION} charging periods")
+        self._check_batch(batch)  # all checks first: a refused batch changes nothing
         last_start = self._last_start if self._last_start is not None else -(2**62)
         energy_all, parking_all = self._energy_all, self._parking_all
         last_energy, last_time, flat = self._last_energy, self._last_time, self._flat
         for p in batch:
             t = p.start_epoch_ms
-            if t < last_start:
-                raise UnratableSessionError(
-                    f"charging periods must be in time order: period {len(stored)} starts "
-                    "before the one before it")
             last_start = t
             reserved = p.reservation_ms != 0
             if not reserved and self._origin_ms is None:
@@ -575,6 +571,8 @@ class SessionRater:
                     self._warnings["power_unknown_for_power_restriction"] = None
             else:
                 self._reservation_all += p.reservation_ms
+                if p.energy_milliwh or p.time_ms or p.parking_ms:
+                    self._warnings["charging_in_reservation_period_ignored"] = None
                 for slot, cands, mode in ((0, cand_res, _RESERVED), (1, cand_exp, _EXPIRED)):
                     e = -1
                     for el in cands:
@@ -607,6 +605,30 @@ class SessionRater:
             self._last_start = last_start
         self._energy_all, self._parking_all = energy_all, parking_all
         self._last_energy, self._last_time, self._flat = last_energy, last_time, flat
+
+    def _check_batch(self, batch: tuple[ChargingPeriod, ...]) -> None:
+        """Refuse a batch that breaks time order or a session limit, before any change."""
+        n = len(self._periods)
+        if n + len(batch) > MAX_PERIODS_PER_SESSION:
+            raise UnratableSessionError(
+                f"a session may have at most {MAX_PERIODS_PER_SESSION} charging periods")
+        previous = self._last_start
+        origin = self._origin_ms
+        energy = self._energy_all
+        for i, p in enumerate(batch):
+            t = p.start_epoch_ms
+            if previous is not None and t < previous:
+                raise UnratableSessionError(
+                    f"charging periods must be in time order: period {n + i} starts "
+                    "before the one before it")
+            previous = t
+            if p.reservation_ms == 0:
+                origin = t if origin is None else origin
+                energy += p.energy_milliwh
+            if origin is not None and t - origin > MAX_SESSION_DURATION_MS:
+                raise UnratableSessionError("a session may last at most 31 days")
+            if abs(energy) > MAX_SESSION_ENERGY_MILLIWH:
+                raise UnratableSessionError("a session may deliver at most 100 MWh")
 
     def _locate(self, epoch_s: int) -> None:
         table = self._table
@@ -701,10 +723,10 @@ class SessionRater:
         # Durations.
         if end_epoch_ms is None:
             end_epoch_ms = self._periods[-1].start_epoch_ms if self._periods else 0
-        origin = self._origin_ms
-        if origin is None and self.start_epoch_ms is not None and not self._all_reservation:
-            origin = self.start_epoch_ms
+        origin = self._origin_ms  # None: only reservation periods, no charging session
         total_time_ms = max(0, end_epoch_ms - origin) if origin is not None else 0
+        if total_time_ms > MAX_SESSION_DURATION_MS:
+            raise UnratableSessionError("a session may last at most 31 days")
 
         breakdown = _Breakdown(
             self.tariff, tuple(self._periods), tuple(self._choices), energy_extra, time_extra,

@@ -86,6 +86,9 @@ def _parse_price(parent: Reader, key: str) -> Price | None:
     r = parent.child(key, parent.raw(key))
     excl = r.req_number("excl_vat")
     incl = r.number("incl_vat")
+    for key, value in (("excl_vat", excl), ("incl_vat", incl)):
+        if value is not None and decimal_places(value) > PRICE_DECIMALS:
+            r.fail(key, f"has more than {PRICE_DECIMALS} decimal places: {value}")
     if incl is not None and incl < excl and excl >= 0:
         r.fail("incl_vat", f"must not be lower than excl_vat ({excl})")
     return Price(excl_vat=excl, incl_vat=incl)
