@@ -26,6 +26,7 @@ from decimal import (
     Decimal,
 )
 from enum import StrEnum
+from fractions import Fraction
 from functools import lru_cache
 
 from babel.numbers import get_currency_precision, is_currency
@@ -261,6 +262,23 @@ _FULL_SCALE = 10**FULL_PRECISION_PLACES
 #: Wide enough that scaling a parsed number never rounds (inputs are capped in length).
 _EXACT = Context(prec=1000, Emax=10**6, Emin=-(10**6))
 _FULL_ZERO = Decimal(0).scaleb(-FULL_PRECISION_PLACES, context=_EXACT)
+
+
+_RATIONAL_DENOMINATOR_MAX = 10**40
+
+
+def round_exact_to_minor(value: Fraction, currency: Currency,
+                         mode: RoundingMode = DEFAULT_ROUNDING) -> int:
+    """Round an exact rational amount in major units to minor units, once, with the policy.
+
+    The rational is written as a Decimal at 1000 significant digits first; with a denominator
+    below 10**40 a non-terminating value lies far further than that from any rounding boundary,
+    so ``round_to_minor`` decides exactly as it would on the true value.
+    """
+    require(value.denominator < _RATIONAL_DENOMINATOR_MAX,
+            "exact amounts keep a bounded denominator")
+    quotient = _EXACT.divide(Decimal(value.numerator), Decimal(value.denominator))
+    return round_to_minor(quotient, currency, mode)
 
 
 def exact_multiply(value: Decimal, factor: int) -> Decimal:
