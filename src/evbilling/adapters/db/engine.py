@@ -47,9 +47,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin_immediate(connection: Any) -> None:
-    # BEGIN IMMEDIATE: a writer takes the write lock up front, which serialises money
-    # movements on SQLite the way SELECT ... FOR UPDATE does on PostgreSQL.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # Reads begin DEFERRED (WAL readers never wait). A unit of work that moves money asks for
+    # ``execution_options(sqlite_begin="IMMEDIATE")`` (``SqlUnitOfWork.begin``): the writer takes
+    # the write lock up front, which serialises it on SQLite the way SELECT ... FOR UPDATE does on
+    # PostgreSQL, and avoids the read-then-upgrade deadlock that busy_timeout cannot resolve.
+    mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")
+    if mode not in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE"):
+        raise ValueError(f"unknown sqlite_begin mode {mode!r}")
+    connection.exec_driver_sql(f"BEGIN {mode}")
 
 
 def alembic_config(url: str | None = None) -> Config:

@@ -15,8 +15,10 @@ class SqlUnitOfWork:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        """A transaction: committed when the block ends normally, rolled back on any error."""
-        with self.engine.begin() as connection:
+        """A write transaction: committed when the block ends normally, rolled back on any
+        error; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
+        with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as connection, \
+                connection.begin():
             yield connection
 
     @contextmanager
