@@ -40,14 +40,17 @@ class LoginResponse(BaseModel):
 def login(body: LoginRequest, request: Request) -> LoginResponse:
     source = request.client.host if request.client else None
     login_limiter.check(f"{body.operator_id}:{body.email.lower()}", source)
+    failure: ApiError | None = None
     with request.app.state.engine.begin() as conn:
         try:
             token, expires_at, role = auth.login(conn, operator_id=body.operator_id,
                                                  email=body.email, password=body.password,
                                                  source_ip=source)
-        except ApiError:
-            login_limiter.failed(f"{body.operator_id}:{body.email.lower()}", source)
-            raise
+        except ApiError as exc:
+            failure = exc  # raised after the commit, which keeps the failure's audit row
+    if failure is not None:
+        login_limiter.failed(f"{body.operator_id}:{body.email.lower()}", source)
+        raise failure
     return LoginResponse(token=token, expires_at=expires_at, role=role)
 
 

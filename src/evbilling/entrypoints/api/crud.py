@@ -164,6 +164,10 @@ def build_router(res: Resource) -> APIRouter:
                 _check_references(res, values, principal, conn)
                 if res.prepare is not None:
                     values = res.prepare(values, principal, conn, False)
+                for name, value in values.items():  # an explicit null on a required column
+                    if value is None and not c[name].nullable:
+                        raise ApiError("validation_error", f"{name}: may not be null",
+                                       extra={"field": name})
                 if values:
                     try:
                         conn.execute(update(res.table).where(*scoped).values(**values))
