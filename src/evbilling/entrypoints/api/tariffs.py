@@ -7,10 +7,11 @@ binary float; requests accept numbers or strings.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, func, insert, select, update
 
@@ -61,6 +62,15 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+async def _exact_json(request: Request) -> Any:
+    """The request body with JSON numbers as exact Decimals: FastAPI's own decoding gives binary
+    floats, which the OCPI parser refuses (so does this API: prices stay exact)."""
+    return json.loads(await request.body(), parse_float=Decimal)
+
+
+ExactJson = Annotated[Any, Depends(_exact_json)]
+
+
 def parse_document(document: dict[str, Any], tariff_id: str) -> Tariff:
     """Validate an OCPI tariff body; errors name the field under ``document``."""
     doc = dict(document)
@@ -96,11 +106,11 @@ def _get_tariff(conn: Connection, tariff_id: str, operator_id: str) -> Any:
 
 
 @router.post("", status_code=201, summary="Create a tariff (version 1)")
-def create_tariff(body: TariffCreate, request: Request, principal: CurrentPrincipal
-                  ) -> dict[str, Any]:
+def create_tariff(body: TariffCreate, exact: ExactJson, request: Request,
+                  principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
     tariff_id = new_id("trf")
-    parsed = parse_document(body.document, tariff_id)
+    parsed = parse_document(exact["document"], tariff_id)
     created = now()
     with request.app.state.engine.begin() as conn:
         conn.execute(insert(s.tariffs).values(id=tariff_id, operator_id=principal.operator_id,
@@ -156,10 +166,10 @@ def list_versions(tariff_id: str, request: Request, principal: CurrentPrincipal
 
 
 @router.post("/{tariff_id}/versions", status_code=201, summary="Publish a new version")
-def create_version(tariff_id: str, body: VersionCreate, request: Request,
+def create_version(tariff_id: str, body: VersionCreate, exact: ExactJson, request: Request,
                    principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
-    parsed = parse_document(body.document, tariff_id)
+    parsed = parse_document(exact["document"], tariff_id)
     with request.app.state.engine.begin() as conn:
         tariff = _get_tariff(conn, tariff_id, principal.operator_id)
         if parsed.currency.code != tariff.currency:
@@ -177,10 +187,10 @@ def create_version(tariff_id: str, body: VersionCreate, request: Request,
 
 
 @router.put("/{tariff_id}/versions/{version}", summary="Correct a version not used yet")
-def replace_version(tariff_id: str, version: int, body: VersionCreate, request: Request,
-                    principal: CurrentPrincipal) -> dict[str, Any]:
+def replace_version(tariff_id: str, version: int, body: VersionCreate, exact: ExactJson,
+                    request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
-    parsed = parse_document(body.document, tariff_id)
+    parsed = parse_document(exact["document"], tariff_id)
     with request.app.state.engine.begin() as conn:
         tariff = _get_tariff(conn, tariff_id, principal.operator_id)
         row = conn.execute(select(s.tariff_versions).where(
