@@ -166,10 +166,13 @@ def to_decimal(value: object, fail: Callable[[str], NoReturn]) -> Decimal:
     if isinstance(value, bool):
         fail(f"must be a number, got {_kind(value)}")
     if isinstance(value, int):
+        if abs(value) >= 10**MAX_INTEGER_DIGITS:
+            fail(f"is out of range (at most {MAX_INTEGER_DIGITS} integer digits)")
         return Decimal(value)
     if isinstance(value, Decimal):
         if not value.is_finite():
             fail("must be a finite number")
+        _check_size(value, fail)
         return value
     if isinstance(value, float):
         fail("is a binary float; decode JSON with parse_float=Decimal to keep it exact")
@@ -180,8 +183,21 @@ def to_decimal(value: object, fail: Callable[[str], NoReturn]) -> Decimal:
             fail(f"must be a number, got {value!r}")
         if not number.is_finite():
             fail("must be a finite number")
+        _check_size(number, fail)
         return number
     fail(f"must be a number, got {_kind(value)}")
+
+
+#: No number in an OCPI document needs more: 12 integer digits, 40 significant digits.
+MAX_INTEGER_DIGITS = 12
+MAX_SIGNIFICANT_DIGITS = 40
+
+
+def _check_size(number: Decimal, fail: Callable[[str], NoReturn]) -> None:
+    _sign, digits, exponent = number.as_tuple()
+    if len(digits) > MAX_SIGNIFICANT_DIGITS or (
+            isinstance(exponent, int) and len(digits) + exponent > MAX_INTEGER_DIGITS):
+        fail(f"is out of range (at most {MAX_INTEGER_DIGITS} integer digits)")
 
 
 def parse_datetime(value: str, fail: Callable[[str], NoReturn]) -> dt.datetime:

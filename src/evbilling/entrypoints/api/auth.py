@@ -17,12 +17,13 @@ from sqlalchemy import Connection, insert, select, update
 
 from evbilling.adapters.db import schema as s
 from evbilling.adapters.ids import new_id
-from evbilling.adapters.security import new_token, token_hash, verify_password
+from evbilling.adapters.security import hash_password, new_token, token_hash, verify_password
 from evbilling.entrypoints.api.errors import ApiError
 
 API_KEY_PREFIX = "evbk"
 SESSION_PREFIX = "evbs"
 SESSION_TTL = dt.timedelta(hours=12)
+_DUMMY_HASH = hash_password("no account has this password")
 
 
 class Role(StrEnum):
@@ -112,10 +113,14 @@ def login(conn: Connection, *, operator_id: str, email: str, password: str,
     """Verify a password and open a session. Returns (token, expires_at, role)."""
     user = conn.execute(select(s.users).where(
         s.users.c.operator_id == operator_id, s.users.c.email == email.lower())).first()
-    if user is None or user.disabled or not verify_password(user.password_hash, password):
-        audit(conn, operator_id=operator_id if user is not None else None,
+    # Unknown accounts cost the same argon2 work, so timing does not reveal which exist.
+    valid = verify_password(user.password_hash if user is not None else _DUMMY_HASH, password)
+    if user is None or user.disabled or not valid:
+        known_operator = conn.execute(select(s.operators.c.id).where(
+            s.operators.c.id == operator_id)).first() is not None
+        audit(conn, operator_id=operator_id if known_operator else None,
               actor=f"email:{email.lower()}", action="login", outcome="failure",
-              source_ip=source_ip)
+              source_ip=source_ip, detail="unknown account" if user is None else None)
         raise ApiError("unauthenticated", "wrong e-mail or password")
     token = new_token(SESSION_PREFIX)
     expires_at = now() + SESSION_TTL

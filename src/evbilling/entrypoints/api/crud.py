@@ -54,6 +54,9 @@ class Resource:
     prepare: Prepare | None = None  # turn a validated body into column values
     drivers_write_own: bool = False
     audited: bool = False
+    #: Checks a PATCH against the stored row (rules that span stored and new values).
+    check_update: Callable[[Any, dict[str, Any]], None] | None = None
+    lowercase_filters: tuple[str, ...] = ()  # filters on columns stored in lower case
 
 
 def _scoped(res: Resource, principal: Principal) -> list[Any]:
@@ -104,6 +107,8 @@ def build_router(res: Resource) -> APIRouter:
         for name in res.filters:
             value = request.query_params.get(name)
             if value is not None:
+                if name in res.lowercase_filters:
+                    value = value.lower()
                 conditions.append(c[name] == value)
         if starting_after:
             conditions.append(c.id > starting_after)
@@ -159,8 +164,11 @@ def build_router(res: Resource) -> APIRouter:
             values = body.model_dump(exclude_unset=True)
             with request.app.state.engine.begin() as conn:
                 scoped = [c.id == row_id, *_scoped(res, principal)]
-                if conn.execute(select(c.id).where(*scoped)).first() is None:
+                current = conn.execute(select(res.table).where(*scoped)).first()
+                if current is None:
                     raise ApiError("not_found", f"no {res.prefix} {row_id!r}")
+                if res.check_update is not None:
+                    res.check_update(current, values)
                 _check_references(res, values, principal, conn)
                 if res.prepare is not None:
                     values = res.prepare(values, principal, conn, False)

@@ -24,7 +24,8 @@ from evbilling.entrypoints.api.errors import ApiError
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # No whitespace stripping: it would silently change passwords and secrets.
+    model_config = ConfigDict(extra="forbid")
 
 
 class Out(BaseModel):
@@ -130,6 +131,15 @@ def _charger_values(values: dict[str, Any], _p: Principal, _c: Connection,
                        f"password of at least {MIN_CHARGER_PASSWORD_LENGTH} characters",
                        extra={"field": "password"})
     return values
+
+
+def _charger_update_check(current: Any, values: dict[str, Any]) -> None:
+    profile = values.get("security_profile", current.security_profile)
+    has_password = values.get("password") is not None or current.password_hash is not None
+    if profile in (1, 2) and not has_password:
+        raise ApiError("validation_error", "password: security profiles 1 and 2 need a "
+                       f"password of at least {MIN_CHARGER_PASSWORD_LENGTH} characters",
+                       extra={"field": "password"})
 
 
 class EvseCreate(Strict):
@@ -309,6 +319,15 @@ def _assignment_values(values: dict[str, Any], _p: Principal, _c: Connection,
     return values
 
 
+def _assignment_update_check(current: Any, values: dict[str, Any]) -> None:
+    valid_to = values.get("valid_to")
+    valid_from = current.valid_from
+    if valid_to is not None and valid_to.tzinfo is not None and valid_from is not None \
+            and valid_to <= valid_from:
+        raise ApiError("validation_error", "valid_to: must be after valid_from",
+                       extra={"field": "valid_to"})
+
+
 def resources() -> list[Resource]:
     return [
         Resource("sites", s.sites, "site", SiteCreate, SiteUpdate, SiteOut,
@@ -316,7 +335,7 @@ def resources() -> list[Resource]:
         Resource("chargers", s.chargers, "chg", ChargerCreate, ChargerUpdate, ChargerOut,
                  read_roles=STAFF_AND_FINANCE, write_roles=STAFF,
                  references={"site_id": s.sites}, filters=("site_id", "ocpp_identity"),
-                 prepare=_charger_values, audited=True),
+                 prepare=_charger_values, audited=True, check_update=_charger_update_check),
         Resource("evses", s.evses, "evse", EvseCreate, None, EvseOut,
                  read_roles=STAFF_AND_FINANCE, write_roles=STAFF,
                  references={"charger_id": s.chargers}, filters=("charger_id",)),
@@ -328,7 +347,8 @@ def resources() -> list[Resource]:
                  write_roles=STAFF, filters=("tariff_id", "site_id", "connector_id", "plan_id"),
                  references={"tariff_id": s.tariffs, "site_id": s.sites,
                              "connector_id": s.connectors, "plan_id": s.plans},
-                 prepare=_assignment_values, audited=True),
+                 prepare=_assignment_values, audited=True,
+                 check_update=_assignment_update_check),
         Resource("drivers", s.drivers, "drv", DriverCreate, DriverUpdate, DriverOut,
                  read_roles=EVERYONE, write_roles=STAFF, driver_column="id",
                  filters=("email", "fleet_account")),
@@ -343,5 +363,6 @@ def resources() -> list[Resource]:
         Resource("users", s.users, "usr", UserCreate, UserUpdate, UserOut,
                  read_roles=frozenset({Role.ADMIN}), write_roles=frozenset({Role.ADMIN}),
                  references={"driver_id": s.drivers}, filters=("role", "email"),
-                 prepare=_user_values, deletable=False, audited=True),
+                 prepare=_user_values, deletable=False, audited=True,
+                 lowercase_filters=("email",)),
     ]

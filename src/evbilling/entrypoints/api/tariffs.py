@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from evbilling.adapters.db import schema as s
 from evbilling.adapters.ids import new_id
@@ -178,9 +179,13 @@ def create_version(tariff_id: str, body: VersionCreate, exact: ExactJson, reques
                            extra={"field": "document.currency"})
         version = (conn.execute(select(func.max(s.tariff_versions.c.version)).where(
             s.tariff_versions.c.tariff_id == tariff_id)).scalar_one() or 0) + 1
-        conn.execute(insert(s.tariff_versions).values(
-            id=new_id("trv"), operator_id=principal.operator_id, tariff_id=tariff_id,
-            version=version, document=canonical(parsed), created_at=now()))
+        try:
+            conn.execute(insert(s.tariff_versions).values(
+                id=new_id("trv"), operator_id=principal.operator_id, tariff_id=tariff_id,
+                version=version, document=canonical(parsed), created_at=now()))
+        except IntegrityError as exc:
+            raise ApiError("conflict", "another version was published at the same moment; "
+                           "retry") from exc
         audit(conn, operator_id=principal.operator_id, actor=principal.actor,
               action="tariffs.version", target=f"{tariff_id}@{version}", outcome="success")
         return _tariff_out(tariff, _latest(conn, tariff_id))
@@ -206,4 +211,7 @@ def replace_version(tariff_id: str, version: int, body: VersionCreate, exact: Ex
                            extra={"field": "document.currency"})
         conn.execute(update(s.tariff_versions).where(s.tariff_versions.c.id == row.id)
                      .values(document=canonical(parsed)))
+        audit(conn, operator_id=principal.operator_id, actor=principal.actor,
+              action="tariffs.replace_version", target=f"{tariff_id}@{version}",
+              outcome="success")
         return _tariff_out(tariff, _latest(conn, tariff_id))
