@@ -111,6 +111,7 @@ def revoke_api_key(key_id: str, request: Request, principal: CurrentPrincipal) -
             s.api_keys.c.revoked_at.is_(None)).values(revoked_at=now()))
         if result.rowcount == 0:
             raise ApiError("not_found", f"no active API key {key_id!r}")
+        auth.forget_all_tokens()  # the key's secret is not known here: drop the whole cache
         auth.audit(conn, operator_id=principal.operator_id, actor=principal.actor,
                    action="api_keys.revoke", target=key_id, outcome="success")
     return Response(status_code=204)

@@ -8,6 +8,7 @@ Roles: ``admin`` and ``operator_staff`` manage their operator's data, ``finance`
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated
@@ -92,10 +93,35 @@ def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
+#: Seconds a verified token is trusted without looking it up again. A revocation or log-out on
+#: this node takes effect at once; on other nodes within this many seconds.
+PRINCIPAL_CACHE_TTL_S = 5.0
+_PRINCIPAL_CACHE_MAX = 10_000
+_principals: dict[str, tuple[float, Principal]] = {}
+
+
+def forget_token(authorization: str | None) -> None:
+    """Drop a token from this node's cache (after a revocation or log-out)."""
+    _principals.pop(authorization or "", None)
+
+
+def forget_all_tokens() -> None:
+    _principals.clear()
+
+
 def get_principal(request: Request) -> Principal:
+    authorization = request.headers.get("authorization")
+    at = time.monotonic()
+    cached = _principals.get(authorization or "")
+    if cached is not None and cached[0] > at:
+        return cached[1]
     engine = request.app.state.engine
     with engine.connect() as conn:
-        return authenticate(conn, request.headers.get("authorization"))
+        principal = authenticate(conn, authorization)
+    if len(_principals) >= _PRINCIPAL_CACHE_MAX:
+        _principals.clear()
+    _principals[authorization or ""] = (at + PRINCIPAL_CACHE_TTL_S, principal)
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
@@ -133,6 +159,7 @@ def login(conn: Connection, *, operator_id: str, email: str, password: str,
 
 
 def logout(conn: Connection, authorization: str | None) -> None:
+    forget_token(authorization)
     if authorization and authorization.lower().startswith("bearer "):
         conn.execute(update(s.auth_sessions)
                      .where(s.auth_sessions.c.token_hash == token_hash(authorization[7:].strip()))

@@ -18,7 +18,14 @@ from evbilling.adapters.security import (
 from evbilling.domain.errors import DomainError
 from evbilling.domain.money import Currency
 from evbilling.domain.timezones import zone
-from evbilling.entrypoints.api.auth import EVERYONE, STAFF, STAFF_AND_FINANCE, Principal, Role
+from evbilling.entrypoints.api.auth import (
+    EVERYONE,
+    STAFF,
+    STAFF_AND_FINANCE,
+    Principal,
+    Role,
+    forget_all_tokens,
+)
 from evbilling.entrypoints.api.crud import Resource
 from evbilling.entrypoints.api.errors import ApiError
 
@@ -269,6 +276,8 @@ def _user_values(values: dict[str, Any], _p: Principal, _c: Connection,
     password = values.pop("password", None)
     if password is not None:
         values["password_hash"] = hash_password(password)
+    if not creating and ("disabled" in values or password is not None):
+        forget_all_tokens()  # sessions of this user must not outlive the change on this node
     if creating:
         values["email"] = values["email"].lower()
         values.setdefault("disabled", False)
