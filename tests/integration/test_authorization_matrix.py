@@ -17,6 +17,7 @@ the policy, and when a route is added without an entry here. Expected answers:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,11 @@ POLICY = {
     "users": Policy(read=ADMIN, write=ADMIN),
     "api-keys": Policy(read=ADMIN, write=ADMIN),
     "quotes": Policy(read=EVERYONE, write=frozenset()),
+    "plans": Policy(read=EVERYONE, write=STAFF),
+    "promotions": Policy(read=STAFF_AND_FINANCE, write=STAFF),
+    "loyalty-tiers": Policy(read=EVERYONE, write=STAFF),
+    "driver-plans": Policy(read=EVERYONE, write=STAFF | {"driver"}, driver_owned=True),
+    "plan-advisor": Policy(read=EVERYONE, write=frozenset()),
     "me": Policy(read=EVERYONE, write=EVERYONE),  # who am I, log out
     "public": Policy(read=frozenset(), write=frozenset()),  # log in: tested in test_api_access
 }
@@ -105,6 +111,39 @@ def quote_body(world: World) -> dict[str, Any]:
             "energy_kwh": "10", "charging_minutes": "60"}
 
 
+_tier_thresholds = itertools.count(1)
+#: Valid create bodies of plans, promotions and loyalty tiers (tiers need distinct names and
+#: thresholds within one operator).
+CATALOG_BODIES: dict[str, Callable[[World], dict[str, Any]]] = {
+    "plans": lambda w: {"kind": "pay_per_use", "name": w.home.ref("plan")},
+    "promotions": lambda w: {"name": w.home.ref("promo"), "starts_at": "2025-01-01T00:00:00Z",
+                             "benefit": {"kind": "percent_off_energy", "percent": "10"}},
+    "loyalty-tiers": lambda w: {"name": w.home.ref("tier"),
+                                "min_energy_kwh": str(next(_tier_thresholds))},
+}
+
+
+def catalog_routes(resource: str, change: dict[str, Any], *, deletable: bool = True,
+                   versions: bool = False) -> dict[tuple[str, str], Route]:
+    path = f"/api/v1/{resource}"
+    routes = {
+        ("GET", path): Route(resource, READ),
+        ("POST", path): Route(resource, WRITE, CATALOG_BODIES[resource]),
+        ("GET", path + "/{row_id}"): Route(resource, READ),
+        ("PATCH", path + "/{row_id}"): Route(resource, WRITE, lambda w: change),
+    }
+    if deletable:
+        routes["DELETE", path + "/{row_id}"] = Route(resource, WRITE)
+    if versions:
+        routes["GET", path + "/{row_id}/versions"] = Route(resource, READ)
+    return routes
+
+
+def advisor_body(world: World) -> dict[str, Any]:
+    return {"site_id": world.quote_site_id, "usage_profile": {
+        "energy_kwh_per_month": "100", "sessions_per_month": 4, "charging_minutes_avg": 60}}
+
+
 ROUTES: dict[tuple[str, str], Route] = {
     **crud("sites", change={"name": "Renamed"}),
     **crud("chargers", change={"vendor": "ABB"}, foreign_status=422),
@@ -128,6 +167,15 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/api/v1/api-keys"): Route("api-keys", WRITE, lambda w: {"name": "integration"}),
     ("DELETE", "/api/v1/api-keys/{key_id}"): Route("api-keys", WRITE),
     ("POST", "/api/v1/quotes"): Route("quotes", READ, quote_body, foreign_status=404),
+    **catalog_routes("plans", {"name": "Renamed"}, deletable=False, versions=True),
+    **catalog_routes("promotions", {"priority": 5}),
+    **catalog_routes("loyalty-tiers", {"window_days": 90}),
+    ("GET", "/api/v1/drivers/{row_id}/plan"): Route("driver-plans", READ),
+    ("POST", "/api/v1/drivers/{row_id}/plan"): Route("driver-plans", WRITE, lambda w: {
+        "plan_id": w.home.admin.create("plans", CATALOG_BODIES["plans"](w))["id"],
+        "effective": "now"}),
+    ("POST", "/api/v1/plan-advisor"): Route("plan-advisor", READ, advisor_body,
+                                            foreign_status=404),
     ("GET", "/api/v1/me"): Route("me", READ),
     ("POST", "/api/v1/auth/logout"): Route("me", WRITE),
     ("POST", "/api/v1/auth/login"): Route("public", WRITE),
@@ -213,6 +261,12 @@ def new_target(world: World, resource: str) -> tuple[dict[str, Any] | None, str 
         return home.admin.create("api-keys", {"name": "target"}), None
     if resource in ("me", "quotes", "public"):
         return None, None
+    if resource == "driver-plans":
+        return {"id": owner}, owner
+    if resource == "plan-advisor":
+        return None, None
+    if resource in CATALOG_BODIES:
+        return home.admin.create(resource, CATALOG_BODIES[resource](world)), None
     return home.new(resource), None
 
 

@@ -266,6 +266,19 @@ plans = Table(
     _created(),
 )
 
+plan_versions = Table(
+    "plan_versions", metadata,
+    _id(),
+    _operator(),
+    Column("plan_id", String(ID), ForeignKey("plans.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("terms", JSON, nullable=False),  # as plans.terms; a published version never changes
+    Column("active", Boolean, nullable=False),
+    _created(),
+    UniqueConstraint("plan_id", "version", name="uq_plan_versions_plan_version"),
+)
+
 driver_plans = Table(
     "driver_plans", metadata,
     _id(),

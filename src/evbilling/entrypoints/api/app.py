@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 
 from evbilling import __version__
 from evbilling.adapters.db.engine import make_engine, migrate
-from evbilling.entrypoints.api import access, errors, quotes, tariffs
+from evbilling.entrypoints.api import access, catalog, errors, quotes, tariffs
 from evbilling.entrypoints.api.crud import build_router
 from evbilling.entrypoints.api.resources import resources
 
@@ -57,6 +57,7 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None)
     api.include_router(access.router)
     api.include_router(tariffs.router)
     api.include_router(quotes.router)
+    api.include_router(catalog.router)
     for resource in resources():
         api.include_router(build_router(resource))
     app.include_router(api)

@@ -1,4 +1,11 @@
-"""POST /quotes: price a hypothetical session (drivers and staff preview prices)."""
+"""POST /quotes: price a hypothetical session (drivers and staff preview prices).
+
+The whole pricing pipeline (``services/quotes.py``): the plan (given, else the driver's, else
+list prices), its tariff, plan coverage, promotions (automatic ones and an entered code) and
+loyalty, with a line-by-line breakdown that names every discount. Drivers quote for themselves.
+Wrong promo codes are guesses: 5 in 15 minutes per driver (or API caller) and per client address
+answer 429 (``limits.promo_limiter``).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,18 @@ from evbilling.domain.periods import MILLIWH_PER_KWH
 from evbilling.domain.rating import RatedSession
 from evbilling.domain.tariffs.model import Price
 from evbilling.entrypoints.api.auth import EVERYONE, CurrentPrincipal, require_role
+from evbilling.entrypoints.api.catalog import (
+    amounts,
+    render_applied,
+    render_line,
+    render_refused,
+    render_usage,
+    render_vat,
+)
+from evbilling.entrypoints.api.errors import ApiError
+from evbilling.entrypoints.api.limits import promo_limiter
 from evbilling.entrypoints.api.resources import Id, Strict
+from evbilling.services.catalog import UnknownPromoCodeError, kwh_text
 from evbilling.services.quotes import QuoteRequest, quote
 
 router = APIRouter(tags=["quotes"])
@@ -28,7 +46,11 @@ class QuoteIn(Strict):
     energy_kwh: Decimal = Field(ge=0, le=1000, decimal_places=6)
     charging_minutes: Decimal = Field(ge=0, le=10_080, decimal_places=3)
     idle_minutes: Decimal = Field(default=Decimal(0), ge=0, le=10_080, decimal_places=3)
-    plan_id: Id | None = None
+    plan_id: Id | None = Field(default=None, description="default: the driver's plan at "
+                               "start_at, else list prices")
+    driver_id: Id | None = Field(default=None, description="staff: quote for this driver "
+                                 "(their plan, usage, history, tier); drivers: themselves")
+    promo_code: str | None = Field(default=None, min_length=1, max_length=32)
 
     @model_validator(mode="after")
     def _location(self) -> QuoteIn:
@@ -57,20 +79,51 @@ def rated_totals(rated: RatedSession) -> dict[str, Any]:
 @router.post("/quotes", summary="Price a hypothetical session")
 def create_quote(body: QuoteIn, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, EVERYONE)
+    driver_id = body.driver_id
+    if principal.is_driver:
+        if driver_id is not None and driver_id != principal.driver_id:
+            raise ApiError("forbidden", "drivers quote only for themselves",
+                           extra={"field": "driver_id"})
+        driver_id = principal.driver_id
+    guesser = f"{principal.operator_id}:{driver_id or principal.actor}"
+    source = request.client.host if request.client else None
+    if body.promo_code is not None:
+        promo_limiter.check(guesser, source)
     req = QuoteRequest(
         operator_id=principal.operator_id, site_id=body.site_id, connector_id=body.connector_id,
         start_at=body.start_at, energy_milliwh=int(body.energy_kwh * MILLIWH_PER_KWH),
         charging_ms=int(body.charging_minutes * MS_PER_MINUTE),
-        idle_ms=int(body.idle_minutes * MS_PER_MINUTE), plan_id=body.plan_id)
+        idle_ms=int(body.idle_minutes * MS_PER_MINUTE), plan_id=body.plan_id,
+        driver_id=driver_id, promo_code=body.promo_code)
     with request.app.state.engine.connect() as conn:
-        result = quote(conn, req)
+        try:
+            result = quote(conn, req)
+        except UnknownPromoCodeError:
+            promo_limiter.failed(guesser, source)
+            raise
+    priced, plan, loyalty = result.priced, result.plan, result.loyalty
     return {
         "site_id": result.site_id,
         "time_zone": result.time_zone,
         "currency": result.currency,
-        "tariff": {"id": result.tariff.tariff_id, "version": result.tariff.version},
+        "driver_id": result.driver_id,
+        "plan": None if plan is None else {"id": plan.id, "name": plan.name,
+                                           "kind": plan.kind.value, "version": plan.version},
+        "tariff": {"id": result.tariff.tariff_id, "version": result.tariff.version,
+                   "role": result.tariff.role},
         "periods": len(result.session.periods),
-        "total": _price(result.rated.total_cost),
+        "total": amounts(priced.total_excl_vat, priced.total_incl_vat),
+        "lines": [render_line(line) for line in priced.lines],
+        "vat_summary": [render_vat(v) for v in priced.vat_summary],
+        "applied_promotions": [render_applied(a) for a in priced.applied_promotions],
+        "refused_promotions": [render_refused(r) for r in priced.refused_promotions],
+        "loyalty": None if loyalty is None else {
+            "tier": None if loyalty.tier is None else loyalty.tier.name,
+            "energy_kwh": kwh_text(loyalty.energy_milliwh), "window_days": loyalty.window_days},
+        "plan_usage": None if result.usage is None else {
+            "before": render_usage(result.usage), "after": render_usage(priced.usage_after),
+            "energy_covered_kwh": kwh_text(priced.energy_covered_milliwh)},
+        "energy_kwh": kwh_text(priced.energy_milliwh),
         "rated": rated_totals(result.rated),
-        "warnings": list(result.rated.warnings),
+        "warnings": list(priced.warnings),
     }
