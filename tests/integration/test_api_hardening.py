@@ -74,3 +74,20 @@ def test_a_charger_password_keeps_its_surrounding_spaces(operator, engine):
             schema.chargers.c.id == charger["id"])).scalar_one()
     assert verify_password(stored, password)
     assert not verify_password(stored, password.strip())
+
+
+def test_an_unexpected_error_is_a_500_problem_with_the_security_headers(app, client):
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    app.add_api_route("/api/v1/_broken_for_test", broken, include_in_schema=False)
+    try:
+        response = client.get("/api/v1/_broken_for_test")
+    finally:
+        app.router.routes.pop()
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "internal_error"
+    assert "boom" not in response.text
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -278,8 +280,29 @@ class CompiledTariff:
         return table
 
 
+_COMPILED_MAX = 256
+_compiled: OrderedDict[int, tuple[Tariff, CompiledTariff]] = OrderedDict()
+_compiled_lock = threading.Lock()
+
+
 def compile_tariff(tariff: Tariff | CompiledTariff) -> CompiledTariff:
-    return tariff if isinstance(tariff, CompiledTariff) else CompiledTariff(tariff)
+    """The compiled form of ``tariff``, reused for the same (immutable) object.
+
+    The cache holds the tariff itself, so an id is never reused while its entry lives; it is
+    bounded (least recently used out)."""
+    if isinstance(tariff, CompiledTariff):
+        return tariff
+    with _compiled_lock:
+        entry = _compiled.get(id(tariff))
+        if entry is not None and entry[0] is tariff:
+            _compiled.move_to_end(id(tariff))
+            return entry[1]
+    compiled = CompiledTariff(tariff)
+    with _compiled_lock:
+        _compiled[id(tariff)] = (tariff, compiled)
+        while len(_compiled) > _COMPILED_MAX:
+            _compiled.popitem(last=False)
+    return compiled
 
 
 def _component(c: PriceComponent | None, unit_per_step: int) -> _Component | None:

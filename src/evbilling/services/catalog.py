@@ -72,6 +72,7 @@ from evbilling.domain.promotions import (
     validate_tiers,
 )
 from evbilling.domain.tariffs import Tariff, parse_tariff
+from evbilling.services.tariff_selection import NoTariffInForceError, TariffInForce, version_at
 
 # -- limits ---------------------------------------------------------------------------------------
 #: Promotions an operator may keep (active or not); more is a configuration problem.
@@ -861,29 +862,13 @@ def loyalty_standing(conn: Connection, operator_id: str, driver_id: str, at: dt.
 
 
 # -- tariffs for plans ----------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class TariffVersion:
-    tariff_id: str
-    version_id: str
-    version: int
-    document: dict[str, Any]
-
-
 def tariff_version_at(conn: Connection, operator_id: str, tariff_id: str, at: dt.datetime
-                      ) -> TariffVersion:
-    """The version of a tariff in force at ``at``: the newest published at or before it (the
-    rule of ``tariff_selection``); before the first version, the first."""
-    v = s.tariff_versions.c
-    row = conn.execute(select(s.tariff_versions).where(
-        v.tariff_id == tariff_id, v.operator_id == operator_id, v.created_at <= at)
-        .order_by(v.version.desc()).limit(1)).first()
-    if row is None:
-        row = conn.execute(select(s.tariff_versions).where(
-            v.tariff_id == tariff_id, v.operator_id == operator_id)
-            .order_by(v.version).limit(1)).first()
-    if row is None:
-        raise NotFoundError(f"no tariff {tariff_id!r}")
-    return TariffVersion(tariff_id, row.id, row.version, dict(row.document))
+                      ) -> TariffInForce:
+    """The version of a tariff in force at ``at`` (the rule lives in ``tariff_selection``)."""
+    try:
+        return version_at(conn, operator_id, tariff_id, at)
+    except NoTariffInForceError as exc:
+        raise NotFoundError(f"no tariff {tariff_id!r}") from exc
 
 
 @lru_cache(maxsize=512)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import Connection, or_, select
 
 from evbilling.adapters.db import schema as s
 from evbilling.domain.errors import DomainError
@@ -69,11 +69,21 @@ def tariff_in_force(conn: Connection, *, operator_id: str, site_id: str,
                 int(row.plan_id is not None), row.valid_from)
 
     best = max(rows, key=rank)
+    return version_at(conn, operator_id, best.tariff_id, at)
+
+
+def version_at(conn: Connection, operator_id: str, tariff_id: str, at: dt.datetime
+               ) -> TariffInForce:
+    """The version of a tariff in force at ``at``: the newest published at or before it; for a
+    time before the first version (a quote for the past), the first."""
     v = s.tariff_versions.c
     version = conn.execute(select(s.tariff_versions).where(
-        v.tariff_id == best.tariff_id, v.operator_id == operator_id,
-        and_(v.created_at <= at)).order_by(v.version.desc()).limit(1)).first()
-    if version is None:  # a quote for a time before the first version: use the first one
+        v.tariff_id == tariff_id, v.operator_id == operator_id, v.created_at <= at)
+        .order_by(v.version.desc()).limit(1)).first()
+    if version is None:
         version = conn.execute(select(s.tariff_versions).where(
-            v.tariff_id == best.tariff_id).order_by(v.version).limit(1)).one()
-    return TariffInForce(best.tariff_id, version.id, version.version, dict(version.document))
+            v.tariff_id == tariff_id, v.operator_id == operator_id)
+            .order_by(v.version).limit(1)).first()
+    if version is None:
+        raise NoTariffInForceError(f"no tariff {tariff_id!r}")
+    return TariffInForce(tariff_id, version.id, version.version, dict(version.document))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,8 @@ from evbilling.adapters.db.engine import make_engine, migrate
 from evbilling.entrypoints.api import access, catalog, errors, quotes, tariffs
 from evbilling.entrypoints.api.crud import build_router
 from evbilling.entrypoints.api.resources import resources
+
+logger = logging.getLogger("evbilling.api")
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -46,7 +49,13 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None)
     @app.middleware("http")
     async def security_headers(request: Request,
                                call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:  # an unhandled error: answer here so the 500 carries the headers too
+            logger.exception("unhandled error on %s %s", request.method, request.url.path)
+            response = errors.problem(500, "internal_error",
+                                      "an unexpected error occurred; it was logged",
+                                      instance=request.url.path)
         for name, value in SECURITY_HEADERS.items():
             if request.url.path.startswith("/docs") and name == "Cache-Control":
                 continue
