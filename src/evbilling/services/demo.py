@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select
 
 from evbilling.adapters.db import schema as s
+from evbilling.adapters.db.documents import tariff_document
 from evbilling.adapters.ids import new_id
 from evbilling.adapters.security import hash_password
 from evbilling.domain.money import Currency
@@ -25,7 +26,7 @@ from evbilling.domain.periods import MILLIWH_PER_KWH, SessionFacts, epoch_ms
 from evbilling.domain.plans import PlanKind, local_date, local_midnight
 from evbilling.domain.profiles import synthesize_periods
 from evbilling.domain.promotions import Benefit, PromotionScope, Stacking
-from evbilling.domain.tariffs import parse_tariff, tariff_to_ocpi
+from evbilling.domain.tariffs import parse_tariff
 from evbilling.domain.timezones import zone
 from evbilling.services import catalog
 from evbilling.services.operators import create_operator
@@ -97,16 +98,6 @@ def _tariff_document(name: str) -> dict[str, Any]:
     return dict(json.loads(text, parse_float=Decimal))
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def seed_demo(conn: Connection) -> str:
     """Create the demo operator if missing; return its id."""
     existing = conn.execute(select(s.operators.c.id).where(
@@ -147,7 +138,7 @@ def seed_demo(conn: Connection) -> str:
     tariff_id = add(s.tariffs, "trf", name="Public time-of-use", currency="EUR")
     conn.execute(insert(s.tariff_versions).values(
         id=new_id("trv"), operator_id=oid, tariff_id=tariff_id, version=1,
-        document=_jsonable(tariff_to_ocpi(public)), created_at=at))
+        document=tariff_document(public), created_at=at))
     for site_id in site_ids:
         add(s.tariff_assignments, "tas", tariff_id=tariff_id, site_id=site_id,
             valid_from=at - dt.timedelta(days=365))
@@ -189,7 +180,7 @@ def seed_catalog(conn: Connection, operator_id: str, at: dt.datetime) -> None:
                                               currency="EUR", created_at=at))
         conn.execute(insert(s.tariff_versions).values(
             id=new_id("trv"), operator_id=oid, tariff_id=tariff_id, version=1,
-            document=_jsonable(tariff_to_ocpi(parsed)), created_at=at))
+            document=tariff_document(parsed), created_at=at))
         return tariff_id
 
     member = tariff("Member tariff", MEMBER_TARIFF)

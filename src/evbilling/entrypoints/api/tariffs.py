@@ -17,9 +17,10 @@ from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from evbilling.adapters.db import schema as s
+from evbilling.adapters.db.documents import tariff_document
 from evbilling.adapters.ids import new_id
 from evbilling.domain.errors import TariffParseError
-from evbilling.domain.tariffs import Tariff, parse_tariff, tariff_to_ocpi
+from evbilling.domain.tariffs import Tariff, parse_tariff
 from evbilling.entrypoints.api.auth import (
     EVERYONE,
     STAFF,
@@ -52,17 +53,6 @@ class TariffOut(BaseModel):
     document: dict[str, Any]
 
 
-def jsonable(value: Any) -> Any:
-    """OCPI document -> JSON-storable: Decimals become exact strings."""
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
-
-
 async def _exact_json(request: Request) -> Any:
     """The request body with JSON numbers as exact Decimals: FastAPI's own decoding gives binary
     floats, which the OCPI parser refuses (so does this API: prices stay exact)."""
@@ -83,8 +73,7 @@ def parse_document(document: dict[str, Any], tariff_id: str) -> Tariff:
 
 
 def canonical(tariff: Tariff) -> dict[str, Any]:
-    result: dict[str, Any] = jsonable(tariff_to_ocpi(tariff))
-    return result
+    return tariff_document(tariff)
 
 
 def _latest(conn: Connection, tariff_id: str) -> Any:
