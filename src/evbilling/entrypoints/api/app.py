@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import RedirectResponse
 from sqlalchemy import Engine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from evbilling import __version__
 from evbilling.adapters.db.engine import make_engine, migrate
@@ -24,6 +25,45 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware: security headers on every HTTP response, 500s included.
+
+    (Starlette's ``BaseHTTPMiddleware`` would do the same at a third of the throughput.) An
+    unhandled error is answered here as a problem, so the 500 carries the headers too."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        extra = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()
+                 if not (path.startswith("/docs") and k == "Cache-Control")]
+        started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [
+                    (k, v) for k, v in extra if k not in present]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            if started:
+                raise
+            logger.exception("unhandled error on %s %s", scope.get("method"), path)
+            response = errors.problem(500, "internal_error",
+                                      "an unexpected error occurred; it was logged",
+                                      instance=path)
+            await response(scope, receive, send_with_headers)
 
 
 def create_app(database_url: str | None = None, *, engine: Engine | None = None) -> FastAPI:
@@ -46,21 +86,7 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None)
     app.state.engine = engine
     errors.install(app)
 
-    @app.middleware("http")
-    async def security_headers(request: Request,
-                               call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        try:
-            response = await call_next(request)
-        except Exception:  # an unhandled error: answer here so the 500 carries the headers too
-            logger.exception("unhandled error on %s %s", request.method, request.url.path)
-            response = errors.problem(500, "internal_error",
-                                      "an unexpected error occurred; it was logged",
-                                      instance=request.url.path)
-        for name, value in SECURITY_HEADERS.items():
-            if request.url.path.startswith("/docs") and name == "Cache-Control":
-                continue
-            response.headers.setdefault(name, value)
-        return response
+    app.add_middleware(SecurityHeaders)
 
     api = APIRouter(prefix="/api/v1")
     api.include_router(access.router)

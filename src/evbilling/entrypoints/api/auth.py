@@ -109,7 +109,7 @@ def forget_all_tokens() -> None:
     _principals.clear()
 
 
-def get_principal(request: Request) -> Principal:
+async def get_principal(request: Request) -> Principal:
     authorization = request.headers.get("authorization")
     at = time.monotonic()
     cached = _principals.get(authorization or "")
