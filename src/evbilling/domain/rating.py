@@ -635,23 +635,27 @@ class SessionRater:
         if n + len(batch) > MAX_PERIODS_PER_SESSION:
             raise UnratableSessionError(
                 f"a session may have at most {MAX_PERIODS_PER_SESSION} charging periods")
-        previous = self._last_start
+        if not batch:
+            return
+        starts = [p.start_epoch_ms for p in batch]
+        if self._last_start is not None:
+            starts.insert(0, self._last_start)
+        if starts != sorted(starts):
+            first_bad = next(i for i in range(1, len(starts)) if starts[i] < starts[i - 1])
+            index = n + first_bad - (1 if self._last_start is not None else 0)
+            raise UnratableSessionError(
+                f"charging periods must be in time order: period {index} starts "
+                "before the one before it")
         origin = self._origin_ms
-        energy = self._energy_all
-        for i, p in enumerate(batch):
-            t = p.start_epoch_ms
-            if previous is not None and t < previous:
-                raise UnratableSessionError(
-                    f"charging periods must be in time order: period {n + i} starts "
-                    "before the one before it")
-            previous = t
-            if p.reservation_ms == 0:
-                origin = t if origin is None else origin
-                energy += p.energy_milliwh
-            if origin is not None and t - origin > MAX_SESSION_DURATION_MS:
-                raise UnratableSessionError("a session may last at most 31 days")
-            if abs(energy) > MAX_SESSION_ENERGY_MILLIWH:
-                raise UnratableSessionError("a session may deliver at most 100 MWh")
+        if origin is None:
+            origin = next((p.start_epoch_ms for p in batch if p.reservation_ms == 0), None)
+        if origin is not None and starts[-1] - origin > MAX_SESSION_DURATION_MS:
+            raise UnratableSessionError("a session may last at most 31 days")
+        # Reservation periods carry no priced energy; counting theirs too only errs on the
+        # safe side of the limit.
+        if abs(self._energy_all + sum(p.energy_milliwh for p in batch)) \
+                > MAX_SESSION_ENERGY_MILLIWH:
+            raise UnratableSessionError("a session may deliver at most 100 MWh")
 
     def _locate(self, epoch_s: int) -> None:
         table = self._table
