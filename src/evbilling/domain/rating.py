@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -281,6 +282,8 @@ class CompiledTariff:
 
 
 _COMPILED_MAX = 256
+_START = operator.attrgetter("start_epoch_ms")
+_ENERGY_OF = operator.attrgetter("energy_milliwh")
 _compiled: OrderedDict[int, tuple[Tariff, CompiledTariff]] = OrderedDict()
 _compiled_lock = threading.Lock()
 
@@ -637,7 +640,7 @@ class SessionRater:
                 f"a session may have at most {MAX_PERIODS_PER_SESSION} charging periods")
         if not batch:
             return
-        starts = [p.start_epoch_ms for p in batch]
+        starts = list(map(_START, batch))
         if self._last_start is not None:
             starts.insert(0, self._last_start)
         if starts != sorted(starts):
@@ -653,7 +656,7 @@ class SessionRater:
             raise UnratableSessionError("a session may last at most 31 days")
         # Reservation periods carry no priced energy; counting theirs too only errs on the
         # safe side of the limit.
-        if abs(self._energy_all + sum(p.energy_milliwh for p in batch)) \
+        if abs(self._energy_all + sum(map(_ENERGY_OF, batch))) \
                 > MAX_SESSION_ENERGY_MILLIWH:
             raise UnratableSessionError("a session may deliver at most 100 MWh")
 
