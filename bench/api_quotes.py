@@ -49,10 +49,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(database_url: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(database_url: str, workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = dict(os.environ, EVBILLING_DATABASE_URL=database_url)
-    proc = subprocess.Popen([EVBILLING, "serve", "--demo", "--port", str(port)], env=env,
+    proc = subprocess.Popen([EVBILLING, "serve", "--demo", "--port", str(port),
+                             "--workers", str(workers)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -151,8 +152,9 @@ def _wrk(base: str, body: dict[str, Any], seconds: float, concurrency: int) -> d
             "mean_ms": round(raw["mean_us"] / 1000, 2), "load_generator": "wrk"}
 
 
-def measure(database_url: str, seconds: float, concurrency: int) -> dict[str, Any]:
-    proc, base = start_server(database_url)
+def measure(database_url: str, seconds: float, concurrency: int, workers: int = 1
+            ) -> dict[str, Any]:
+    proc, base = start_server(database_url, workers)
     try:
         bodies = quote_bodies(base)
         first = httpx.post(base + "/api/v1/quotes", json=bodies[0], headers=HEADERS, timeout=10)
@@ -208,17 +210,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="2 s per database (smoke test)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server worker processes (rate limits are per process)")
     args = parser.parse_args()
     seconds = 2.0 if args.quick else args.seconds
     report: dict[str, Any] = {"benchmark": "api_quotes", "endpoint": "POST /api/v1/quotes",
                               "seconds_per_database": seconds, "concurrency": args.concurrency,
-                              "server": "evbilling serve --demo (uvicorn, 1 worker process)",
+                              "server": f"evbilling serve --demo --workers {args.workers}",
                               "load_generator": "wrk in a separate process when installed "
                                                 "(apt-get install wrk), else asyncio + httpx",
                               "goals": GOALS}
     with tempfile.TemporaryDirectory() as tmp:
         log("SQLite ...")
-        report["sqlite"] = measure(f"sqlite:///{tmp}/bench.sqlite3", seconds, args.concurrency)
+        report["sqlite"] = measure(f"sqlite:///{tmp}/bench.sqlite3", seconds, args.concurrency,
+                                   args.workers)
     pg = postgres_database()
     if pg is None:
         report["postgres"] = {"error": "PostgreSQL unreachable"}
@@ -227,7 +232,8 @@ def main() -> None:
         base = admin.rsplit("/", 1)[0]
         try:
             log("PostgreSQL ...")
-            report["postgres"] = measure(f"{base}/{name}", seconds, args.concurrency)
+            report["postgres"] = measure(f"{base}/{name}", seconds, args.concurrency,
+                                         args.workers)
         finally:
             drop_postgres(admin, name)
     for db in ("sqlite", "postgres"):
