@@ -56,7 +56,11 @@ class TariffOut(BaseModel):
 async def _exact_json(request: Request) -> Any:
     """The request body with JSON numbers as exact Decimals: FastAPI's own decoding gives binary
     floats, which the OCPI parser refuses (so does this API: prices stay exact)."""
-    return json.loads(await request.body(), parse_float=Decimal)
+    try:
+        return json.loads(await request.body(), parse_float=Decimal)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError("validation_error", f"body: not valid JSON ({exc})",
+                       extra={"field": "body"}) from exc
 
 
 ExactJson = Annotated[Any, Depends(_exact_json)]
