@@ -147,11 +147,12 @@ def demo_seed(
 ) -> None:
     """Create the demo operator (idempotent); log-ins are listed in the README."""
     from evbilling.adapters.db.engine import make_engine, migrate
+    from evbilling.adapters.db.uow import write_transaction
     from evbilling.services.demo import DEMO_API_KEY, seed_demo
 
     engine = make_engine(database_url)
     migrate(engine)
-    with engine.begin() as conn:
+    with write_transaction(engine) as conn:
         operator_id = seed_demo(conn)
     console.print(f"demo operator [cyan]{operator_id}[/cyan] ready; "
                   f"admin API key [bold]{DEMO_API_KEY}[/bold]")
@@ -173,6 +174,7 @@ def serve(
     import uvicorn
 
     from evbilling.adapters.db.engine import make_engine, migrate
+    from evbilling.adapters.db.uow import write_transaction
     from evbilling.services.demo import DEMO_API_KEY, seed_demo
 
     if database_url:
@@ -180,7 +182,7 @@ def serve(
     engine = make_engine(database_url)
     migrate(engine)
     if demo:
-        with engine.begin() as conn:
+        with write_transaction(engine) as conn:
             seed_demo(conn)
         console.print(f"demo data ready: admin API key [bold]{DEMO_API_KEY}[/bold]")
     engine.dispose()

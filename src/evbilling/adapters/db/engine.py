@@ -48,7 +48,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_begin_immediate(connection: Any) -> None:
     # Reads begin DEFERRED (WAL readers never wait). A unit of work that moves money asks for
-    # ``execution_options(sqlite_begin="IMMEDIATE")`` (``SqlUnitOfWork.begin``): the writer takes
+    # ``execution_options(sqlite_begin="IMMEDIATE")`` (``uow.write_transaction``): the writer takes
     # the write lock up front, which serialises it on SQLite the way SELECT ... FOR UPDATE does on
     # PostgreSQL, and avoids the read-then-upgrade deadlock that busy_timeout cannot resolve.
     mode = connection.get_execution_options().get("sqlite_begin", "DEFERRED")

@@ -1,5 +1,10 @@
-"""Unit of work over a SQLAlchemy Core connection: one transaction, rolled back unless
-committed. On SQLite every write transaction starts with BEGIN IMMEDIATE (see engine.py)."""
+"""Write transactions: one transaction, committed when the block ends, rolled back on any error.
+
+On SQLite the transaction takes the write lock up front (BEGIN IMMEDIATE), so concurrent writers
+queue on busy_timeout instead of failing when a read lock cannot be upgraded; readers
+(``engine.connect()``) begin deferred and never wait in WAL mode. On PostgreSQL it is a plain
+transaction.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +14,8 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, Engine
 
 
-class SqlUnitOfWork:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    @contextmanager
-    def begin(self) -> Iterator[Connection]:
-        """A write transaction: committed when the block ends normally, rolled back on any
-        error; on SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
-        with self.engine.connect().execution_options(sqlite_begin="IMMEDIATE") as connection, \
-                connection.begin():
-            yield connection
-
-    @contextmanager
-    def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as connection:
-            yield connection
-            connection.rollback()
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as connection, \
+            connection.begin():
+        yield connection

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import insert, select, update
 
 from evbilling.adapters.db import schema as s
+from evbilling.adapters.db.uow import write_transaction
 from evbilling.adapters.ids import new_id
 from evbilling.adapters.security import new_token, token_hash
 from evbilling.entrypoints.api import auth
@@ -41,7 +42,7 @@ def login(body: LoginRequest, request: Request) -> LoginResponse:
     source = request.client.host if request.client else None
     login_limiter.check(f"{body.operator_id}:{body.email.lower()}", source)
     failure: ApiError | None = None
-    with request.app.state.engine.begin() as conn:
+    with write_transaction(request.app.state.engine) as conn:
         try:
             token, expires_at, role = auth.login(conn, operator_id=body.operator_id,
                                                  email=body.email, password=body.password,
@@ -56,7 +57,7 @@ def login(body: LoginRequest, request: Request) -> LoginResponse:
 
 @router.post("/auth/logout", status_code=204, summary="Revoke the current session token")
 def logout(request: Request, principal: CurrentPrincipal) -> Response:
-    with request.app.state.engine.begin() as conn:
+    with write_transaction(request.app.state.engine) as conn:
         auth.logout(conn, request.headers.get("authorization"))
     return Response(status_code=204)
 
@@ -80,7 +81,7 @@ def create_api_key(body: ApiKeyCreate, request: Request, principal: CurrentPrinc
     require_role(principal, frozenset({Role.ADMIN}), write=True)
     secret = new_token(API_KEY_PREFIX)
     key_id = new_id("key")
-    with request.app.state.engine.begin() as conn:
+    with write_transaction(request.app.state.engine) as conn:
         conn.execute(insert(s.api_keys).values(
             id=key_id, operator_id=principal.operator_id, name=body.name, prefix=secret[:12],
             key_hash=token_hash(secret), role=body.role, scopes=sorted(set(body.scopes)),
@@ -105,7 +106,7 @@ def list_api_keys(request: Request, principal: CurrentPrincipal) -> dict[str, An
 @router.delete("/api-keys/{key_id}", status_code=204, summary="Revoke an API key")
 def revoke_api_key(key_id: str, request: Request, principal: CurrentPrincipal) -> Response:
     require_role(principal, frozenset({Role.ADMIN}), write=True)
-    with request.app.state.engine.begin() as conn:
+    with write_transaction(request.app.state.engine) as conn:
         result = conn.execute(update(s.api_keys).where(
             s.api_keys.c.id == key_id, s.api_keys.c.operator_id == principal.operator_id,
             s.api_keys.c.revoked_at.is_(None)).values(revoked_at=now()))

@@ -25,6 +25,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import Field
 
+from evbilling.adapters.db.uow import write_transaction
 from evbilling.domain.errors import InvalidDocumentError
 from evbilling.domain.money import Currency, Money
 from evbilling.domain.plans import BillingPeriod, ChangeEffective, Plan, PlanKind, PlanUsage
@@ -276,7 +277,7 @@ def create_plan(body: PlanCreate, request: Request, principal: CurrentPrincipal
         values.setdefault("waive_flat_fee", True)
     try:
         options = _plan_options(values)
-        with request.app.state.engine.begin() as conn:
+        with write_transaction(request.app.state.engine) as conn:
             record = catalog.create_plan(conn, principal.operator_id, kind=kind, name=name,
                                          currency=currency, options=options, at=now())
             audit(conn, operator_id=principal.operator_id, actor=principal.actor,
@@ -302,7 +303,7 @@ def edit_plan(row_id: str, body: PlanChanges, request: Request, principal: Curre
                            "promotions_eligible", "active"))
     try:
         changes = _plan_options(values)
-        with request.app.state.engine.begin() as conn:
+        with write_transaction(request.app.state.engine) as conn:
             record = catalog.edit_plan(conn, principal.operator_id, row_id, changes, now())
             audit(conn, operator_id=principal.operator_id, actor=principal.actor,
                   action="plans.edit", target=f"{row_id}@{record.plan.version}",
@@ -445,7 +446,7 @@ def create_promotion(body: PromotionCreate, request: Request, principal: Current
                                                                       principal.operator_id)
     try:
         fields = _promotion_fields(body, values)
-        with request.app.state.engine.begin() as conn:
+        with write_transaction(request.app.state.engine) as conn:
             record = catalog.create_promotion(conn, principal.operator_id, fields, now())
             audit(conn, operator_id=principal.operator_id, actor=principal.actor,
                   action="promotions.create", target=record.promotion.id, outcome="success")
@@ -470,7 +471,7 @@ def edit_promotion(row_id: str, body: PromotionChanges, request: Request,
     _refuse_nulls(values, ("name", "benefit", "starts_at", "stacking", "priority", "active"))
     try:
         fields = _promotion_fields(body, values)
-        with request.app.state.engine.begin() as conn:
+        with write_transaction(request.app.state.engine) as conn:
             record = catalog.edit_promotion(conn, principal.operator_id, row_id, fields)
             audit(conn, operator_id=principal.operator_id, actor=principal.actor,
                   action="promotions.edit", target=row_id, outcome="success")
@@ -483,7 +484,7 @@ def edit_promotion(row_id: str, body: PromotionChanges, request: Request,
                summary="Delete a promotion never redeemed")
 def delete_promotion(row_id: str, request: Request, principal: CurrentPrincipal) -> Response:
     require_role(principal, STAFF, write=True)
-    with request.app.state.engine.begin() as conn:
+    with write_transaction(request.app.state.engine) as conn:
         catalog.delete_promotion(conn, principal.operator_id, row_id)
         audit(conn, operator_id=principal.operator_id, actor=principal.actor,
               action="promotions.delete", target=row_id, outcome="success")
@@ -548,7 +549,7 @@ def create_tier(body: TierCreate, request: Request, principal: CurrentPrincipal
     require_role(principal, STAFF, write=True)
     try:
         fields = _tier_fields(body, body.model_dump(exclude_none=True))
-        with request.app.state.engine.begin() as conn:
+        with write_transaction(request.app.state.engine) as conn:
             record = catalog.save_tier(conn, principal.operator_id, None, fields, now())
             audit(conn, operator_id=principal.operator_id, actor=principal.actor,
                   action="loyalty_tiers.create", target=record.id, outcome="success")
@@ -572,7 +573,7 @@ def edit_tier(row_id: str, body: TierChanges, request: Request, principal: Curre
     _refuse_nulls(values, ("name", "min_energy_kwh", "window_days"))
     try:
         fields = _tier_fields(body, values)
-        with request.app.state.engine.begin() as conn:
+        with write_transaction(request.app.state.engine) as conn:
             record = catalog.save_tier(conn, principal.operator_id, row_id, fields, now())
             audit(conn, operator_id=principal.operator_id, actor=principal.actor,
                   action="loyalty_tiers.edit", target=row_id, outcome="success")
@@ -585,7 +586,7 @@ def edit_tier(row_id: str, body: TierChanges, request: Request, principal: Curre
                summary="Delete a loyalty tier")
 def delete_tier(row_id: str, request: Request, principal: CurrentPrincipal) -> Response:
     require_role(principal, STAFF, write=True)
-    with request.app.state.engine.begin() as conn:
+    with write_transaction(request.app.state.engine) as conn:
         catalog.delete_tier(conn, principal.operator_id, row_id)
         audit(conn, operator_id=principal.operator_id, actor=principal.actor,
               action="loyalty_tiers.delete", target=row_id, outcome="success")
@@ -626,7 +627,7 @@ def switch_driver_plan(row_id: str, body: PlanSwitchIn, request: Request,
     require_role(principal, STAFF | {Role.DRIVER}, write=True)
     _own_driver(principal, row_id)
     at = clock(request)
-    with request.app.state.engine.begin() as conn:
+    with write_transaction(request.app.state.engine) as conn:
         switch = catalog.switch_plan(conn, principal.operator_id, row_id, body.plan_id,
                                      body.effective, at)
         change = switch.change

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from sqlalchemy import Connection, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from evbilling.adapters.db.uow import write_transaction
 from evbilling.adapters.ids import new_id
 from evbilling.entrypoints.api.auth import (
     CurrentPrincipal,
@@ -133,7 +134,7 @@ def build_router(res: Resource) -> APIRouter:
                    principal: CurrentPrincipal) -> dict[str, Any]:
         check_write(principal)
         values = body.model_dump()
-        with request.app.state.engine.begin() as conn:
+        with write_transaction(request.app.state.engine) as conn:
             if principal.is_driver and res.driver_column:
                 values[res.driver_column] = principal.driver_id
             _check_references(res, values, principal, conn)
@@ -162,7 +163,7 @@ def build_router(res: Resource) -> APIRouter:
                        principal: CurrentPrincipal) -> dict[str, Any]:
             check_write(principal)
             values = body.model_dump(exclude_unset=True)
-            with request.app.state.engine.begin() as conn:
+            with write_transaction(request.app.state.engine) as conn:
                 scoped = [c.id == row_id, *_scoped(res, principal)]
                 current = conn.execute(select(res.table).where(*scoped)).first()
                 if current is None:
@@ -197,7 +198,7 @@ def build_router(res: Resource) -> APIRouter:
         @router.delete("/{row_id}", status_code=204, summary=f"Delete one of {res.name}")
         def delete_row(row_id: str, request: Request, principal: CurrentPrincipal) -> Response:
             check_write(principal)
-            with request.app.state.engine.begin() as conn:
+            with write_transaction(request.app.state.engine) as conn:
                 scoped = [c.id == row_id, *_scoped(res, principal)]
                 try:
                     result = conn.execute(delete(res.table).where(*scoped))

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from evbilling.adapters.db import schema as s
 from evbilling.adapters.db.documents import tariff_document
+from evbilling.adapters.db.uow import write_transaction
 from evbilling.adapters.ids import new_id
 from evbilling.domain.errors import TariffParseError
 from evbilling.domain.tariffs import Tariff, parse_tariff
@@ -106,7 +107,7 @@ def create_tariff(body: TariffCreate, exact: ExactJson, request: Request,
     tariff_id = new_id("trf")
     parsed = parse_document(exact["document"], tariff_id)
     created = now()
-    with request.app.state.engine.begin() as conn:
+    with write_transaction(request.app.state.engine) as conn:
         conn.execute(insert(s.tariffs).values(id=tariff_id, operator_id=principal.operator_id,
                                               name=body.name, currency=parsed.currency.code,
                                               created_at=created))
@@ -164,7 +165,7 @@ def create_version(tariff_id: str, body: VersionCreate, exact: ExactJson, reques
                    principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
     parsed = parse_document(exact["document"], tariff_id)
-    with request.app.state.engine.begin() as conn:
+    with write_transaction(request.app.state.engine) as conn:
         tariff = _get_tariff(conn, tariff_id, principal.operator_id)
         if parsed.currency.code != tariff.currency:
             raise ApiError("validation_error", "document.currency: a tariff keeps its currency "
@@ -189,7 +190,7 @@ def replace_version(tariff_id: str, version: int, body: VersionCreate, exact: Ex
                     request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
     parsed = parse_document(exact["document"], tariff_id)
-    with request.app.state.engine.begin() as conn:
+    with write_transaction(request.app.state.engine) as conn:
         tariff = _get_tariff(conn, tariff_id, principal.operator_id)
         row = conn.execute(select(s.tariff_versions).where(
             s.tariff_versions.c.tariff_id == tariff_id,
