@@ -431,3 +431,13 @@ def test_quantize_full_is_independent_of_the_callers_decimal_context() -> None:
         ctx.prec = 3
         ctx.rounding = decimal.ROUND_FLOOR
         assert quantize_full(2, 3) == Decimal("0.666666666667")
+
+
+def test_round_rational_takes_the_nearest_integer_and_halves_away_from_zero() -> None:
+    from fractions import Fraction
+
+    from evbilling.domain.money import round_rational
+
+    assert [round_rational(Fraction(n, 2)) for n in (-3, -1, 1, 3)] == [-2, -1, 1, 2]
+    assert round_rational(Fraction(1, 3)) == 0
+    assert round_rational(Fraction(-5, 3)) == -2

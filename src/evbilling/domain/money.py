@@ -281,6 +281,15 @@ def round_exact_to_minor(value: Fraction, currency: Currency,
     return round_to_minor(quotient, currency, mode)
 
 
+def round_rational(value: Fraction) -> int:
+    """The nearest integer to an exact rational, halves away from zero (grid rounding of exact
+    intermediate amounts, far below a minor unit)."""
+    magnitude, remainder = divmod(abs(value.numerator), value.denominator)
+    if 2 * remainder >= value.denominator:
+        magnitude += 1
+    return magnitude if value >= 0 else -magnitude
+
+
 def exact_multiply(value: Decimal, factor: int) -> Decimal:
     """``value * factor`` without the 28-digit rounding of the default context."""
     return _EXACT.multiply(value, Decimal(factor))

@@ -80,8 +80,15 @@ from evbilling.domain.promotions import (
     check_promotion,
     kwh_text,
 )
-from evbilling.domain.rating import MONEY_DENOMINATOR, VAT_SCALE, RatedDimension, RatedSession, rate
-from evbilling.domain.tariffs import Price, Tariff
+from evbilling.domain.rating import (
+    MONEY_DENOMINATOR,
+    VAT_SCALE,
+    RatedDimension,
+    RatedSession,
+    bound_total,
+    rate,
+)
+from evbilling.domain.tariffs import Tariff
 from evbilling.domain.timezones import zone
 
 # -- limits ---------------------------------------------------------------------------------------
@@ -514,34 +521,10 @@ def _bound_delta(tariff: Tariff, rated: RatedSession, coverage: _Coverage
         return LineCode(rated.price_bound), bounded_excl - excl, bounded_incl - incl
     if not coverage.has_charged_quantity:
         return None  # the plan covered the whole session
-    which, b_excl, b_incl = _apply_bounds(excl, incl, tariff.min_price, tariff.max_price)
+    which, b_excl, b_incl = bound_total(excl, incl, tariff.min_price, tariff.max_price)
     if which is None:
         return None
-    return which, b_excl - excl, b_incl - incl
-
-
-def _apply_bounds(excl: Fraction, incl: Fraction, min_price: Price | None,
-                  max_price: Price | None) -> tuple[LineCode | None, Fraction, Fraction]:
-    """The rating engine's rule (docs/rating.md), exactly: excl. and incl. bounded
-    independently; a bound without incl. VAT scales incl. by the same factor as excl."""
-    which: LineCode | None = None
-    for code, bound, is_min in ((LineCode.MIN_PRICE, min_price, True),
-                                (LineCode.MAX_PRICE, max_price, False)):
-        if bound is None:
-            continue
-        b_excl = Fraction(bound.excl_vat)
-        hit_excl = excl < b_excl if is_min else excl > b_excl
-        if bound.incl_vat is None:
-            if hit_excl:
-                incl = incl * b_excl / excl if excl else b_excl
-                excl, which = b_excl, code
-            continue
-        b_incl = Fraction(bound.incl_vat)
-        if hit_excl:
-            excl, which = b_excl, code
-        if incl < b_incl if is_min else incl > b_incl:
-            incl, which = b_incl, code
-    return which, excl, incl
+    return LineCode(which), b_excl - excl, b_incl - incl
 
 
 def _bound_lines(delta: tuple[LineCode, Fraction, Fraction] | None, charges: Sequence[PriceLine],

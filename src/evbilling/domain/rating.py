@@ -36,6 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from fractions import Fraction
 
 from evbilling.domain.errors import RatingError
 from evbilling.domain.invariants import InvariantViolation
@@ -44,6 +45,7 @@ from evbilling.domain.money import (
     VAT_DECIMALS,
     Currency,
     quantize_full,
+    round_rational,
     to_scaled_int,
 )
 from evbilling.domain.periods import (
@@ -797,43 +799,48 @@ def _step_extra(total: int, step: int) -> int:
     return (-total) % step
 
 
-def _bound_numerators(bound: Price) -> tuple[int, int | None]:
-    excl = to_scaled_int(bound.excl_vat, 12) * MONEY_DENOMINATOR // 10**12
-    incl = None
-    if bound.incl_vat is not None:
-        incl = to_scaled_int(bound.incl_vat, 12) * MONEY_DENOMINATOR * VAT_SCALE // 10**12
-    return excl, incl
+def bound_total(excl: Fraction, incl: Fraction, min_price: Price | None,
+                max_price: Price | None) -> tuple[str | None, Fraction, Fraction]:
+    """min_price / max_price on an exact total (major units): the one place of this rule.
+
+    Excl. and incl. VAT are bounded independently (mod_tariffs notes on min_price /
+    max_price). A bound without ``incl_vat`` bounds incl. VAT by the same factor as excl. VAT,
+    keeping the session's own VAT mix; with nothing to scale from, incl = excl. Returns
+    ("min_price" | "max_price" | None, excl, incl).
+    """
+    which: str | None = None
+    for name, bound, is_min in (("min_price", min_price, True), ("max_price", max_price, False)):
+        if bound is None:
+            continue
+        b_excl = Fraction(bound.excl_vat)
+        hit_excl = excl < b_excl if is_min else excl > b_excl
+        if bound.incl_vat is None:
+            if hit_excl:
+                incl = incl * b_excl / excl if excl else b_excl
+                excl, which = b_excl, name
+            continue
+        b_incl = Fraction(bound.incl_vat)
+        if hit_excl:
+            excl, which = b_excl, name
+        if incl < b_incl if is_min else incl > b_incl:
+            incl, which = b_incl, name
+    return which, excl, incl
+
+
+_INCL_DENOMINATOR = MONEY_DENOMINATOR * VAT_SCALE
 
 
 def _apply_bounds(total: CostPart, min_price: Price | None, max_price: Price | None
                   ) -> tuple[CostPart, str | None]:
-    """Bound excl and incl independently (mod_tariffs notes on min_price / max_price).
-
-    A bound without ``incl_vat`` bounds incl. VAT by the same factor as excl. VAT, keeping the
-    session's own VAT mix (the tariff gave no incl. VAT figure to hold it to).
-    """
-    excl, incl = total.excl, total.incl
-    bound: str | None = None
-    for name, price, is_min in (("min_price", min_price, True), ("max_price", max_price, False)):
-        if price is None:
-            continue
-        b_excl, b_incl = _bound_numerators(price)
-        hit_excl = excl < b_excl if is_min else excl > b_excl
-        if b_incl is None:
-            if hit_excl:
-                # Scale incl by the same ratio; with no excl to scale from, incl = excl.
-                incl = incl * b_excl // excl if excl else b_excl * VAT_SCALE
-                excl = b_excl
-                bound = name
-            continue
-        hit_incl = incl < b_incl if is_min else incl > b_incl
-        if hit_excl:
-            excl = b_excl
-            bound = name
-        if hit_incl:
-            incl = b_incl
-            bound = name
-    return CostPart(excl, incl), bound
+    """``bound_total`` on exact numerators. A bound scaled by the VAT factor can fall between
+    two numerators (1 / 1.8e17 apart); it is rounded to the nearest, far below 12 decimals."""
+    which, excl, incl = bound_total(Fraction(total.excl, MONEY_DENOMINATOR),
+                                    Fraction(total.incl, _INCL_DENOMINATOR),
+                                    min_price, max_price)
+    if which is None:
+        return total, None
+    return CostPart(round_rational(excl * MONEY_DENOMINATOR),
+                    round_rational(incl * _INCL_DENOMINATOR)), which
 
 
 # -- per-period breakdown --------------------------------------------------------------------------
