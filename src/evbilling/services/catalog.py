@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Context, Decimal
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, or_, select, update
@@ -71,7 +69,6 @@ from evbilling.domain.promotions import (
     tier_for,
     validate_tiers,
 )
-from evbilling.domain.tariffs import Tariff, parse_tariff
 from evbilling.services.tariff_selection import NoTariffInForceError, TariffInForce, version_at
 
 # -- limits ---------------------------------------------------------------------------------------
@@ -869,17 +866,6 @@ def tariff_version_at(conn: Connection, operator_id: str, tariff_id: str, at: dt
         return version_at(conn, operator_id, tariff_id, at)
     except NoTariffInForceError as exc:
         raise NotFoundError(f"no tariff {tariff_id!r}") from exc
-
-
-@lru_cache(maxsize=512)
-def _tariff(tariff_id: str, document_json: str) -> Tariff:
-    return parse_tariff({**json.loads(document_json), "id": tariff_id})
-
-
-def domain_tariff(tariff_id: str, document: Mapping[str, Any]) -> Tariff:
-    """The stored document as a domain ``Tariff`` whose id is our tariff id (the id a plan
-    names), parsed once per distinct content."""
-    return _tariff(tariff_id, json.dumps(document, sort_keys=True, separators=(",", ":")))
 
 
 # -- charging sessions ----------------------------------------------------------------------------

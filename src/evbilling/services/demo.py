@@ -26,11 +26,12 @@ from evbilling.domain.periods import MILLIWH_PER_KWH, SessionFacts, epoch_ms
 from evbilling.domain.plans import PlanKind, local_date, local_midnight
 from evbilling.domain.profiles import synthesize_periods
 from evbilling.domain.promotions import Benefit, PromotionScope, Stacking
+from evbilling.domain.rating import compile_tariff
 from evbilling.domain.tariffs import parse_tariff
 from evbilling.domain.timezones import zone
 from evbilling.services import catalog
 from evbilling.services.operators import create_operator
-from evbilling.services.tariff_selection import compiled_tariff
+from evbilling.services.tariff_selection import stored_tariff
 
 DEMO_API_KEY = "evbk_demo_admin_key_do_not_use_in_production"  # noqa: S105 - documented
 DEMO_PASSWORD = "demo-password-123"  # noqa: S105 - documented demo log-in
@@ -235,10 +236,11 @@ def seed_catalog(conn: Connection, operator_id: str, at: dt.datetime) -> None:
             id=new_id("dpl"), operator_id=oid, driver_id=drivers[driver],
             plan_id=plan.id, starts_at=since, ends_at=None, created_at=at))
 
-    public = conn.execute(select(s.tariff_versions.c.document).join(
+    public_id, public = conn.execute(select(s.tariff_versions.c.tariff_id,
+                                            s.tariff_versions.c.document).join(
         s.tariff_assignments, s.tariff_assignments.c.tariff_id == s.tariff_versions.c.tariff_id)
-        .where(s.tariff_assignments.c.site_id == berlin.id)).scalar_one()
-    compiled = compiled_tariff(dict(public))
+        .where(s.tariff_assignments.c.site_id == berlin.id)).one()
+    compiled = compile_tariff(stored_tariff(public_id, public))
     today = local_date(at, BERLIN)
     for driver, site_index, every, pattern, hour in DEMO_HISTORY:
         site = berlin if site_index == 0 else amsterdam

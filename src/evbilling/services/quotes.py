@@ -40,11 +40,11 @@ from evbilling.domain.pricing import (
 )
 from evbilling.domain.profiles import synthesize_periods
 from evbilling.domain.promotions import MAX_PROMOTIONS_PER_CHARGE, Promotion
-from evbilling.domain.rating import RatedSession
+from evbilling.domain.rating import RatedSession, compile_tariff
 from evbilling.domain.tariffs import Tariff
 from evbilling.services import catalog
 from evbilling.services.catalog import LoyaltyStanding
-from evbilling.services.tariff_selection import compiled_tariff, tariff_in_force
+from evbilling.services.tariff_selection import tariff_in_force
 
 MAX_QUOTE_DURATION = dt.timedelta(days=7)
 #: The advisor's history window: the last 90 local days (and today so far).
@@ -124,9 +124,9 @@ def _site_of(conn: Connection, operator_id: str, site_id: str | None,
 
 def plan_tariffs(conn: Connection, plan: Plan, *, operator_id: str, site_id: str,
                  connector_id: str | None, at: dt.datetime
-                 ) -> tuple[PlanTariffs, PricingTariff, dict[str, Any]]:
+                 ) -> tuple[PlanTariffs, PricingTariff, Tariff]:
     """The tariff versions in force at ``at`` that ``plan`` prices with, plus which one it is
-    and its stored document. Public: the connector's / site's, with a per-plan override for
+    and that tariff. Public: the connector's / site's, with a per-plan override for
     this plan (``tariff_in_force``); member / fallback: the tariff the plan names."""
     tariff_id = plan.tariff_id
     if tariff_id is None:
@@ -134,18 +134,18 @@ def plan_tariffs(conn: Connection, plan: Plan, *, operator_id: str, site_id: str
         selected = tariff_in_force(conn, operator_id=operator_id, site_id=site_id,
                                    connector_id=connector_id,
                                    plan_id=plan.id if real_plan else None, at=at)
-        public = catalog.domain_tariff(selected.tariff_id, selected.document)
+        public = selected.tariff
         return (PlanTariffs(public=public),
                 PricingTariff(selected.tariff_id, selected.version_id, selected.version,
-                              "public"), selected.document)
+                              "public"), public)
     version = catalog.tariff_version_at(conn, operator_id, tariff_id, at)
-    tariff: Tariff = catalog.domain_tariff(tariff_id, version.document)
+    tariff = version.tariff
     if plan.kind is PlanKind.SUBSCRIPTION:
         tariffs, role = PlanTariffs(member=tariff), "member"
     else:
         tariffs, role = PlanTariffs(fallback=tariff), "fallback"
     return (tariffs, PricingTariff(tariff_id, version.version_id, version.version, role),
-            version.document)
+            tariff)
 
 
 def quote(conn: Connection, req: QuoteRequest) -> Quote:
@@ -182,11 +182,11 @@ def quote(conn: Connection, req: QuoteRequest) -> Quote:
         else:
             usage = PlanUsage.for_period(pricing_plan, at, billing_zone)
 
-    tariffs, used, document = plan_tariffs(conn, pricing_plan, operator_id=op,
+    tariffs, used, pricing_tariff = plan_tariffs(conn, pricing_plan, operator_id=op,
                                            site_id=site.id, connector_id=req.connector_id,
                                            at=at)
     start = epoch_ms(at)
-    periods = synthesize_periods(compiled_tariff(document), site.time_zone, start,
+    periods = synthesize_periods(compile_tariff(pricing_tariff), site.time_zone, start,
                                  req.charging_ms, req.energy_milliwh, req.idle_ms)
     facts = SessionFacts(periods, site.time_zone, start, start + req.charging_ms + req.idle_ms)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy import Connection, or_, select
 from evbilling.adapters.db import schema as s
 from evbilling.domain.errors import DomainError
 from evbilling.domain.rating import CompiledTariff, compile_tariff
-from evbilling.domain.tariffs import parse_tariff
+from evbilling.domain.tariffs import Tariff, parse_tariff
 
 
 class NoTariffInForceError(DomainError):
@@ -34,19 +35,25 @@ class TariffInForce:
     document: dict[str, Any]  # the stored OCPI document
 
     @property
+    def tariff(self) -> Tariff:
+        return stored_tariff(self.tariff_id, self.document)
+
+    @property
     def compiled(self) -> CompiledTariff:
-        return compiled_tariff(self.document)
+        return compile_tariff(self.tariff)
 
 
 @lru_cache(maxsize=512)
-def _compiled(document_json: str) -> CompiledTariff:
-    return compile_tariff(parse_tariff(json.loads(document_json)))
+def _stored(tariff_id: str, document_json: str) -> Tariff:
+    return parse_tariff({**json.loads(document_json), "id": tariff_id})
 
 
-def compiled_tariff(document: dict[str, Any]) -> CompiledTariff:
-    """Parse and compile a stored tariff document once per distinct content (a version may
-    still be corrected while unused, so the content, not the id, is the cache key)."""
-    return _compiled(json.dumps(document, sort_keys=True, separators=(",", ":")))
+def stored_tariff(tariff_id: str, document: Mapping[str, Any]) -> Tariff:
+    """A stored tariff document as a domain ``Tariff`` whose id is our tariff id (the id a plan
+    names). Parsed once per distinct content (a version may still be corrected while unused, so
+    the content, not the version id, is the key); the same object comes back, so
+    ``compile_tariff`` reuses its compiled form too."""
+    return _stored(tariff_id, json.dumps(document, sort_keys=True, separators=(",", ":")))
 
 
 def tariff_in_force(conn: Connection, *, operator_id: str, site_id: str,
