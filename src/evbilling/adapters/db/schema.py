@@ -154,6 +154,9 @@ chargers = Table(
     Column("ocpp_version", String(8), nullable=False),
     Column("vendor", String(50), nullable=True),
     Column("model", String(50), nullable=True),
+    Column("boot", JSON, nullable=True),  # last BootNotification: firmware, serial, reason
+    Column("status", String(20), nullable=True),  # charger-level OCPP status (connector 0)
+    Column("last_seen_at", UtcDateTime(), nullable=True),
     _created(),
     CheckConstraint("security_profile in (0, 1, 2, 3)", name="security_profile"),
 )
@@ -178,6 +181,9 @@ connectors = Table(
     Column("standard", String(40), nullable=False),
     Column("power_type", String(20), nullable=False),
     Column("max_power_w", Integer, nullable=False),
+    Column("status", String(20), nullable=True),  # OCPP connector status, last reported
+    Column("status_at", UtcDateTime(), nullable=True),
+    Column("error_code", String(50), nullable=True),
     _created(),
     UniqueConstraint("evse_id", "connector_number", name="uq_connectors_evse_number"),
 )
@@ -225,6 +231,9 @@ drivers = Table(
     Column("email", String(320), nullable=True),
     Column("fleet_account", String(200), nullable=True),
     Column("time_zone", String(64), nullable=False),
+    # default spending cap for each new session (money or energy); None = no cap
+    Column("session_cap_minor", BigInteger, nullable=True),
+    Column("session_cap_milliwh", BigInteger, nullable=True),
     _created(),
 )
 
@@ -351,8 +360,133 @@ charging_sessions = Table(
     Column("currency", String(3), nullable=False),
     Column("total_excl_minor", BigInteger, nullable=True),
     Column("total_incl_minor", BigInteger, nullable=True),
+    # -- sessions reported by chargers over OCPP (null for imported / demo history) ----------
+    Column("status", String(20), nullable=False, server_default="completed"),
+    Column("charger_id", String(ID), ForeignKey("chargers.id"), nullable=True),
+    Column("token_uid", String(64), nullable=True),
+    Column("ocpp_transaction_id", String(64), nullable=True),
+    Column("energy_milliwh_start", BigInteger, nullable=True),  # meter register at start
+    Column("last_sample_at", UtcDateTime(), nullable=True),
+    Column("meter_state", JSON, nullable=True),  # domain.metering.SessionMeter.to_state()
+    Column("live", JSON, nullable=True),  # the last running cost pushed to the driver
+    Column("cap_minor", BigInteger, nullable=True),  # spending cap incl. VAT, minor units
+    Column("cap_milliwh", BigInteger, nullable=True),  # or an energy cap
+    Column("stop_reason", String(40), nullable=True),
+    Column("last_seq_no", Integer, nullable=True),  # OCPP 2.0.1 TransactionEvent seqNo
+    Column("flags", JSON, nullable=True),  # seq_no gaps, meter resets, late samples, timeout
+    Column("cdr", JSON, nullable=True),  # the final OCPI CDR with its priced breakdown
     _created(),
     Index("ix_charging_sessions_driver_started", "operator_id", "driver_id", "started_at"),
+    Index("ix_charging_sessions_status", "status"),
+    UniqueConstraint("charger_id", "ocpp_transaction_id", name="uq_charging_sessions_charger_tx"),
+    CheckConstraint("status in ('active','settling','completed','billing_failed')",
+                    name="status"),
+)
+
+ocpp_transaction_numbers = Table(
+    # OCPP 1.6 transactionId is an integer the central system hands out: one row per id.
+    "ocpp_transaction_numbers", metadata,
+    Column("number", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("session_id", String(ID), ForeignKey("charging_sessions.id"), nullable=False,
+           unique=True),
+)
+
+meter_samples = Table(
+    # Every accepted meter sample of an OCPP session (settlement rebuilds periods from them).
+    "meter_samples", metadata,
+    Column("session_id", String(ID), ForeignKey("charging_sessions.id"), primary_key=True),
+    Column("at_ms", BigInteger, primary_key=True),  # epoch milliseconds
+    Column("operator_id", String(ID), ForeignKey("operators.id"), nullable=False),
+    Column("energy_milliwh", BigInteger, nullable=True),
+    Column("power_w", Integer, nullable=True),
+    Column("current_ma", Integer, nullable=True),
+    Column("soc_percent", Integer, nullable=True),
+    Column("charging", Boolean, nullable=True),
+)
+
+ocpp_messages = Table(
+    # Raw inbound OCPP frames that move money (transaction messages) or failed to process:
+    # acknowledged first, settled from here afterwards, replayable.
+    "ocpp_messages", metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    _operator(),
+    Column("charger_id", String(ID), ForeignKey("chargers.id"), nullable=False),
+    Column("ocpp_version", String(8), nullable=False),
+    Column("unique_id", String(64), nullable=False),
+    Column("action", String(40), nullable=False),
+    Column("frame", Text, nullable=False),
+    Column("session_id", String(ID), nullable=True),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("status", String(12), nullable=False),
+    Column("error", Text, nullable=True),
+    Index("ix_ocpp_messages_charger_unique", "charger_id", "unique_id"),
+    Index("ix_ocpp_messages_status", "status"),
+    CheckConstraint("status in ('received','processed','failed')", name="status"),
+)
+
+notification_rules = Table(
+    # Who gets told what: operator-wide (driver_id null) or a driver's own rule.
+    "notification_rules", metadata,
+    _id(),
+    _operator(),
+    Column("driver_id", String(ID), ForeignKey("drivers.id"), nullable=True, index=True),
+    Column("event", String(40), nullable=False),
+    Column("amount_minor", BigInteger, nullable=True),  # "every N currency units"
+    Column("minutes", Integer, nullable=True),  # "idle fee starts in N minutes"
+    Column("channels", JSON, nullable=False),  # ["in_app", "email", "webhook"]
+    Column("active", Boolean, nullable=False),
+    _created(),
+)
+
+notifications = Table(
+    # One row per event (the id is derived from the event, so a replay adds nothing);
+    # the in-app list, and the source of email / webhook deliveries.
+    "notifications", metadata,
+    _id(),
+    _operator(),
+    Column("driver_id", String(ID), ForeignKey("drivers.id"), nullable=True),
+    Column("session_id", String(ID), nullable=True),
+    Column("charger_id", String(ID), nullable=True),
+    Column("event", String(40), nullable=False),
+    Column("title", String(200), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("read_at", UtcDateTime(), nullable=True),
+    _created(),
+    Index("ix_notifications_driver_created", "operator_id", "driver_id", "created_at"),
+)
+
+webhook_endpoints = Table(
+    "webhook_endpoints", metadata,
+    _id(),
+    _operator(),
+    Column("url", String(500), nullable=False),
+    Column("secret", String(200), nullable=False),  # HMAC-SHA256 signing secret
+    Column("events", JSON, nullable=False),  # event names, or ["*"]
+    Column("active", Boolean, nullable=False),
+    _created(),
+)
+
+deliveries = Table(
+    # Outbox of email and webhook deliveries, retried with back-off; one per target and event.
+    "deliveries", metadata,
+    _id(),
+    _operator(),
+    Column("notification_id", String(ID), ForeignKey("notifications.id"), nullable=False),
+    Column("channel", String(10), nullable=False),
+    Column("target", String(500), nullable=False),  # email address or webhook endpoint id
+    Column("status", String(10), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UtcDateTime(), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("delivered_at", UtcDateTime(), nullable=True),
+    _created(),
+    UniqueConstraint("notification_id", "channel", "target", name="uq_deliveries_target"),
+    Index("ix_deliveries_due", "status", "next_attempt_at"),
+    CheckConstraint("channel in ('email','webhook')", name="channel"),
+    CheckConstraint("status in ('pending','delivered','failed')", name="status"),
 )
 
 audit_log = Table(
