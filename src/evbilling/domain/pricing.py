@@ -183,6 +183,10 @@ class PricingRequest:
     promotions: tuple[Promotion, ...] = ()  # candidates: automatic ones + the entered code's
     promotion_context: PromotionContext | None = None  # required when promotions are given
     loyalty_tier: LoyaltyTier | None = None  # the driver's tier at the session start
+    #: The session already rated by a ``SessionRater`` fed these same periods (live cost:
+    #: the rater works incrementally, so a meter sample is not a re-rating of the session).
+    #: None: ``price_session`` rates ``session`` itself.
+    rated: RatedSession | None = None
 
 
 # -- result ---------------------------------------------------------------------------------------
@@ -712,7 +716,8 @@ def price_session(request: PricingRequest) -> PricedSession:
     usage = _checked_usage(plan, request.usage, started_at)
     cur = tariff.currency
 
-    rated = rate(tariff, session)
+    rated = request.rated if request.rated is not None else rate(tariff, session)
+    require(rated.currency == cur, "the session was rated with the plan's tariff")
     pieces = _pieces(rated)
     allowance = usage.energy_remaining_milliwh if usage is not None else 0
     coverage = _cover(session.periods, pieces, allowance, plan.waive_flat_fee)

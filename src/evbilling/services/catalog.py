@@ -30,11 +30,22 @@ from sqlalchemy import Connection, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from evbilling.adapters.db import schema as s
+from evbilling.adapters.db.documents import (
+    is_periods_document,
+    periods_document,
+    periods_from_document,
+)
 from evbilling.adapters.ids import new_id
 from evbilling.domain.cdrs import parse_cdr
 from evbilling.domain.errors import CurrencyMismatchError, DomainError, InvalidDocumentError
 from evbilling.domain.money import Currency, Money, to_scaled_int
-from evbilling.domain.periods import MS_PER_HOUR, ChargingPeriod, SessionFacts, from_epoch_ms
+from evbilling.domain.periods import (
+    MS_PER_HOUR,
+    ChargingPeriod,
+    SessionFacts,
+    epoch_ms,
+    from_epoch_ms,
+)
 from evbilling.domain.plans import (
     BillingPeriod,
     ChangeEffective,
@@ -909,12 +920,17 @@ def store_session(conn: Connection, *, operator_id: str, site_id: str, driver_id
         connector_id=connector_id, plan_id=plan_id, tariff_version_id=None,
         started_at=started_at, ended_at=ended_at,
         energy_milliwh=session_energy_milliwh(facts),
-        periods=ocpi_charging_periods(facts.periods), currency=currency,
+        periods=periods_document(facts.periods), currency=currency,
         total_excl_minor=None, total_incl_minor=None, created_at=at))
     return session_id
 
 
 def _facts(row: Any, time_zone: str) -> SessionFacts:
+    if is_periods_document(row.periods):
+        return SessionFacts(
+            periods_from_document(row.periods), time_zone, epoch_ms(_aware(row.started_at)),
+            None if row.ended_at is None else epoch_ms(_aware(row.ended_at)))
+    # rows written before the exact form: OCPI charging periods (decimal kWh and hours)
     def text(value: dt.datetime | None) -> str | None:
         return None if value is None else _aware(value).isoformat().replace("+00:00", "Z")
 
