@@ -54,3 +54,25 @@ class RatingError(DomainError):
 
 class CurrencyNotSupportedError(RatingError):
     code = "currency_not_supported"
+
+
+class MeterError(DomainError):
+    """Meter data that cannot become charging periods: negative or contradictory values.
+
+    Precedence when several apply (the first is raised): ``MeterClosedError``, then a bad
+    value (``MeterError``: negative time or reading, a stop before an accepted sample, a
+    malformed saved state), then a limit (``MeterLimitError``)."""
+
+    code = "invalid_meter_data"
+
+
+class MeterLimitError(MeterError):
+    """Meter data beyond a session limit (duration, energy, number of periods)."""
+
+    code = "meter_limit_exceeded"
+
+
+class MeterClosedError(MeterError):
+    """A sample or stop for a session meter that has already been closed."""
+
+    code = "meter_closed"

@@ -678,6 +678,38 @@ class SessionRater:
         self._warnings[code] = None
 
     # -- pricing -------------------------------------------------------------------------
+    def snapshot_with(self, pending: ChargingPeriod | None, end_epoch_ms: int | None = None,
+                      *, reservation_expired: bool | None = None) -> RatedSession:
+        """``snapshot`` of the added periods plus ``pending`` (a period still growing, e.g.
+        ``SessionMeter.pending()``), leaving the rater as it was: the few mutable scalars and
+        the per-element quantity lists are saved, the period added, priced and taken back.
+        O(number of tariff elements) on top of ``snapshot``, whatever the session length."""
+        if pending is None:
+            return self.snapshot(end_epoch_ms, reservation_expired=reservation_expired)
+        n = len(self._periods)
+        scalars = (self._origin_ms, self._table, self._win, self._off, self._cum_milliwh,
+                   self._energy_all, self._parking_all, self._reservation_all,
+                   self._last_energy, self._last_time, self._flat, self._flat_at,
+                   self._last_start, self._all_reservation)
+        qty = [q[:] for q in self._qty]
+        res_qty = [q[:] for q in self._res_qty]
+        last_res, res_flat, res_flat_at = (self._last_res[:], self._res_flat[:],
+                                           self._res_flat_at[:])
+        warnings = dict(self._warnings)
+        try:
+            self.add_all((pending,))
+            return self.snapshot(end_epoch_ms, reservation_expired=reservation_expired)
+        finally:
+            del self._periods[n:]
+            del self._choices[n:]
+            (self._origin_ms, self._table, self._win, self._off, self._cum_milliwh,
+             self._energy_all, self._parking_all, self._reservation_all,
+             self._last_energy, self._last_time, self._flat, self._flat_at,
+             self._last_start, self._all_reservation) = scalars
+            self._qty, self._res_qty = qty, res_qty
+            self._last_res, self._res_flat, self._res_flat_at = last_res, res_flat, res_flat_at
+            self._warnings = warnings
+
     def snapshot(self, end_epoch_ms: int | None = None, *,
                  reservation_expired: bool | None = None, final: bool = False) -> RatedSession:
         """Price what has been added so far, as if the session ended at ``end_epoch_ms``."""
