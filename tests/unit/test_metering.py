@@ -128,6 +128,17 @@ def test_the_22_00_boundary_follows_berlin_local_time_across_a_daylight_saving_c
     assert elements_used(rated) == [1, 0, 1, 0]
 
 
+def test_an_evening_rate_that_ends_at_midnight_is_cut_at_local_midnight() -> None:
+    # end_time 00:00 means end of day: at 00:00 local (23:00Z in winter) the rate stops.
+    late = tariff(energy("0.40", start_time="20:00", end_time="00:00"), energy("0.25"))
+    start = at("2026-11-20T22:00:00+00:00")
+    metered = feed(SessionMeter(late, BERLIN, start, 0), [], start + 120 * MIN, 7_200_000)
+    quoted = synthesize_periods(late, BERLIN, start, 120 * MIN, 7_200_000, 0)
+    assert starts(metered) == starts(quoted) == ["20 22:00", "20 23:00"]
+    rated = rate(late, SessionFacts(metered, BERLIN, start, start + 120 * MIN))
+    assert elements_used(rated) == [0, 1]
+
+
 def test_a_kwh_tier_threshold_splits_at_the_ms_it_is_reached() -> None:
     # 11 kW: 1 833 333 mWh per 10 min. After 5 intervals 9 166 665 mWh; 833 335 more are
     # reached ceil(833 335 * 600 000 / 1 833 333) = 272 728 ms into the sixth.
