@@ -17,6 +17,7 @@ the policy, and when a route is added without an entry here. Expected answers:
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +26,11 @@ from typing import Any
 import fastapi.routing
 import pytest
 from fastapi.testclient import TestClient  # conftest imported it first, hushing its warning
+from sqlalchemy import insert
 
+from evbilling.adapters.db import schema
+from evbilling.adapters.db.uow import write_transaction
+from evbilling.adapters.ids import new_id
 from evbilling.entrypoints.api.app import create_app
 from evbilling.entrypoints.api.limits import login_limiter
 
@@ -61,6 +66,7 @@ POLICY = {
     "loyalty-tiers": Policy(read=EVERYONE, write=STAFF),
     "driver-plans": Policy(read=EVERYONE, write=STAFF | {"driver"}, driver_owned=True),
     "plan-advisor": Policy(read=EVERYONE, write=frozenset()),
+    "sessions": Policy(read=EVERYONE, write=STAFF | {"driver"}, driver_owned=True),
     "me": Policy(read=EVERYONE, write=EVERYONE),  # who am I, log out
     "public": Policy(read=frozenset(), write=frozenset()),  # log in: tested in test_api_access
 }
@@ -75,6 +81,7 @@ class World:
     away: Any  # Tenant
     emails: dict[str, str]  # admin, operator_staff, finance, other_driver -> e-mail
     quote_site_id: str
+    engine: Any  # for records no API creates (charging sessions come from chargers)
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,9 @@ class Route:
     body: Callable[[World], Any] | None = None
     #: a collection route whose body names the home tenant's records: the other operator's status
     foreign_status: int | None = None
+    #: the answer an allowed caller gets when the business outcome is not a 2xx (e.g. a remote
+    #: stop with no charger connected: 409); None = any 2xx
+    allowed_status: int | None = None
 
 
 SIMPLE_TARIFF = {"country_code": "DE", "party_id": "EVB", "id": "m", "currency": "EUR",
@@ -176,6 +186,12 @@ ROUTES: dict[tuple[str, str], Route] = {
         "effective": "now"}),
     ("POST", "/api/v1/plan-advisor"): Route("plan-advisor", READ, advisor_body,
                                             foreign_status=404),
+    ("GET", "/api/v1/sessions"): Route("sessions", READ),
+    ("GET", "/api/v1/sessions/{session_id}"): Route("sessions", READ),
+    ("PUT", "/api/v1/sessions/{session_id}/cap"):
+        Route("sessions", WRITE, lambda w: {"cap_minor": 1500, "cap_kwh": "20"}),
+    ("POST", "/api/v1/sessions/{session_id}/stop"): Route("sessions", WRITE,
+                                                          allowed_status=409),
     ("GET", "/api/v1/me"): Route("me", READ),
     ("POST", "/api/v1/auth/logout"): Route("me", WRITE),
     ("POST", "/api/v1/auth/login"): Route("public", WRITE),
@@ -242,7 +258,7 @@ def world(served_app, open_tenant) -> Iterator[World]:
         emails["other_driver"] = home.new("users", role="driver")["email"]
         site = home.new("sites")
         home.new("tariff-assignments", site_id=site["id"])
-        yield World(home, away, emails, site["id"])
+        yield World(home, away, emails, site["id"], served_app.state.engine)
 
 
 def new_target(world: World, resource: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -265,9 +281,22 @@ def new_target(world: World, resource: str) -> tuple[dict[str, Any] | None, str 
         return {"id": owner}, owner
     if resource == "plan-advisor":
         return None, None
+    if resource == "sessions":
+        return {"id": active_session(world, owner)}, owner
     if resource in CATALOG_BODIES:
         return home.admin.create(resource, CATALOG_BODIES[resource](world)), None
     return home.new(resource), None
+
+
+def active_session(world: World, driver_id: str | None) -> str:
+    """An active charging session of ``driver_id`` at the home tenant's quote site."""
+    session_id = new_id("cs")
+    with write_transaction(world.engine) as conn:
+        conn.execute(insert(schema.charging_sessions).values(
+            id=session_id, operator_id=world.home.operator_id, driver_id=driver_id,
+            site_id=world.quote_site_id, started_at=dt.datetime.now(dt.UTC), energy_milliwh=0,
+            periods=[], currency="EUR", status="active", created_at=dt.datetime.now(dt.UTC)))
+    return session_id
 
 
 @pytest.fixture(scope="module")
@@ -337,7 +366,8 @@ def test_only_the_allowed_callers_get_a_2xx(world, shared_target, session_of, me
     who = session_of(caller, owner, path.endswith("/logout"))
     target_id = target["id"] if target else ""
     url = path.removeprefix("/api/v1").format(row_id=target_id, tariff_id=target_id,
-                                              key_id=target_id, version=1)
+                                              key_id=target_id, session_id=target_id,
+                                              version=1)
     # lists are sorted by id: start just before the target so it is on the first page
     params = {"limit": 100, "starting_after": target_id[:-1]} if is_list and target else None
 
@@ -347,6 +377,9 @@ def test_only_the_allowed_callers_get_a_2xx(world, shared_target, session_of, me
     expected = expected_status(method, path, caller)
     if expected is not None:
         assert response.status_code == expected, response.text
+        return
+    if route.allowed_status is not None:
+        assert response.status_code == route.allowed_status, response.text
         return
     assert 200 <= response.status_code < 300, response.text
     if is_list and target:

@@ -13,7 +13,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from evbilling import __version__
 from evbilling.adapters.db.engine import make_engine, migrate
-from evbilling.entrypoints.api import access, catalog, errors, quotes, tariffs
+from evbilling.bootstrap import wire_charging
+from evbilling.entrypoints.api import access, catalog, errors, quotes, sessions, tariffs
 from evbilling.entrypoints.api.crud import build_router
 from evbilling.entrypoints.api.resources import resources
 
@@ -73,8 +74,18 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        engine.dispose()
+        # background services (group commit, session sweeper, notification delivery ...)
+        # start with the server and stop, in reverse order, after it has drained
+        started = []
+        try:
+            for service in app.state.background:
+                await service.start()
+                started.append(service)
+            yield
+        finally:
+            for service in reversed(started):
+                await service.stop()
+            engine.dispose()
 
     app = FastAPI(
         title="evbilling API",
@@ -84,7 +95,9 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None)
         lifespan=lifespan,
     )
     app.state.engine = engine
+    app.state.background = []  # objects with async start() / stop(), in start order
     errors.install(app)
+    wire_charging(app, engine)
 
     app.add_middleware(SecurityHeaders)
 
@@ -93,6 +106,7 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None)
     api.include_router(tariffs.router)
     api.include_router(quotes.router)
     api.include_router(catalog.router)
+    api.include_router(sessions.router)
     for resource in resources():
         api.include_router(build_router(resource))
     app.include_router(api)

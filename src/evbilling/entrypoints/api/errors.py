@@ -39,6 +39,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "plan_unchanged": 409,
     "plan_inactive": 409,
     "plan_not_offered": 409,
+    "session_not_active": 409,
+    "charger_unavailable": 409,
     "insufficient_funds": 409,
     "credit_limit_exceeded": 409,
     "invalid_plan": 422,

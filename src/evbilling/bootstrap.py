@@ -1,0 +1,28 @@
+"""Explicit wiring of the long-lived parts (constructor arguments, no magic): the group-commit
+writer, the charging service, the event sink it publishes to, the OCPP gateway that feeds it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine
+
+from evbilling.adapters.db.group_commit import GroupCommitWriter
+from evbilling.domain.events import Event
+from evbilling.services.charging import ChargingService
+
+
+class DiscardEvents:
+    """An event sink that keeps nothing (until notifications are wired in)."""
+
+    def publish(self, event: Event) -> None:
+        return None
+
+
+def wire_charging(app: Any, engine: Engine) -> ChargingService:
+    """Create the charging service for ``app`` (``app.state.charging``) and register it to
+    start and stop with the server."""
+    charging = ChargingService(engine, DiscardEvents(), writer=GroupCommitWriter(engine))
+    app.state.charging = charging
+    app.state.background.append(charging)
+    return charging

@@ -1,0 +1,243 @@
+"""The charging service on SQLite and PostgreSQL, without the OCPP wire: start, meter values
+across a time-of-use boundary, stop and settle; replays; caps; refused tokens; failed billing."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from evbilling.adapters.db import schema as s
+from evbilling.adapters.db.documents import periods_from_document
+from evbilling.adapters.db.uow import write_transaction
+from evbilling.domain import events as ev
+from evbilling.domain.metering import MeterSample
+from evbilling.domain.periods import SessionFacts
+from evbilling.domain.rating import rate
+from evbilling.services import charging as charging_module
+from evbilling.services.charging import ChargingService
+from evbilling.services.demo import seed_demo
+from evbilling.services.ports import (
+    ChargerRef,
+    RawFrame,
+    RecordMeterValues,
+    StartTransaction,
+    StopTransaction,
+)
+from evbilling.services.session_pricing import load_context, price
+
+CAROL = "04C4C4C4C4C4C4"
+MINUTE_MS = 60_000
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.events: list[ev.Event] = []
+
+    def publish(self, event: ev.Event) -> None:
+        self.events.append(event)
+
+    def named(self, name: str) -> list[Any]:
+        return [e for e in self.events if e.name == name]
+
+
+def charger(engine: Engine, identity: str) -> ChargerRef:
+    with engine.connect() as conn:
+        row = conn.execute(select(s.chargers).where(s.chargers.c.ocpp_identity == identity)).one()
+    return ChargerRef(row.id, row.operator_id, identity, row.site_id, row.ocpp_version)
+
+
+def berlin_ms(day: dt.date, hour: int, minute: int) -> int:
+    at = dt.datetime(day.year, day.month, day.day, hour, minute,
+                     tzinfo=dt.timezone(dt.timedelta(hours=1)))  # Berlin in winter
+    return int(at.timestamp() * 1000)
+
+
+def frame(action: str, n: int = 1) -> RawFrame:
+    return RawFrame(f"{action}-{n}", action, f'[2,"{action}-{n}","{action}",{{}}]')
+
+
+@pytest.fixture
+def demo(engine: Engine) -> Engine:
+    with write_transaction(engine) as conn:
+        seed_demo(conn)
+    return engine
+
+
+def run(engine: Engine, body: Callable[[ChargingService, ListSink], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        sink = ListSink()
+        service = ChargingService(engine, sink)
+        await service.start(sweep_every_s=3600)
+        try:
+            return await body(service, sink)
+        finally:
+            await service.stop()
+    return asyncio.run(main())
+
+
+DAY = dt.date(2026, 11, 20)  # a Friday in winter (UTC+1 in Berlin)
+
+
+async def charge(service: ChargingService, ch: ChargerRef, *, token: str | None = CAROL,
+                 start_ms: int, minutes: int, watts: int = 12_000, every: int = 5,
+                 register_start: int = 1_000_000) -> tuple[str, list[Any]]:
+    started = await service.start_transaction(StartTransaction(
+        ch, 1, None, token, register_start, start_ms, frame("StartTransaction")))
+    costs = []
+    register = register_start
+    for k in range(1, minutes // every + 1):
+        register += watts * every * MINUTE_MS // 3_600  # mWh
+        costs.append(await service.record_meter_values(RecordMeterValues(
+            ch, started.ocpp_transaction_id, 1,
+            (MeterSample(start_ms + k * every * MINUTE_MS, register, watts, 52_000, True),),
+            frame("MeterValues", k))))
+    return started.ocpp_transaction_id, costs
+
+
+def test_a_session_across_a_time_of_use_boundary_is_billed_as_its_periods_rate(demo):
+    ch = charger(demo, "DEMO-CP16-001")
+    start = berlin_ms(DAY, 16, 50)  # 0.29/kWh until 17:00, then 0.39/kWh
+
+    async def body(service: ChargingService, sink: ListSink) -> Any:
+        tx, costs = await charge(service, ch, start_ms=start, minutes=30)
+        final = await service.stop_transaction(StopTransaction(
+            ch, tx, start + 30 * MINUTE_MS, 1_000_000 + 6_000_000, "Local", CAROL, (),
+            frame("StopTransaction")))
+        return tx, costs, final
+
+    tx, costs, final = run(demo, body)
+    assert tx.isdigit()  # OCPP 1.6: an integer transaction id
+    # live costs grow with every sample and the last one equals the final cost
+    amounts = [c.amount_minor_incl for c in costs]
+    assert amounts == sorted(amounts) and amounts[0] > 0
+    # 2 kWh at 0.29 + 4 kWh at 0.39 + 0.50 start = 2.64 excl. VAT
+    assert final is not None and final.final
+    assert final.total_excl == Decimal("2.64")
+    assert final.amount_minor_incl == costs[-1].amount_minor_incl
+
+    with demo.connect() as conn:
+        row = conn.execute(select(s.charging_sessions).where(
+            s.charging_sessions.c.ocpp_transaction_id == tx)).one()
+        periods = periods_from_document(row.periods)
+        # an independent rating of the stored periods gives the CDR's total
+        ctx = load_context(conn, operator_id=row.operator_id, site_id=row.site_id,
+                           connector_id=row.connector_id, driver_id=row.driver_id,
+                           at=row.started_at.replace(tzinfo=dt.UTC))
+    assert row.status == "completed" and row.energy_milliwh == 6_000_000
+    assert berlin_ms(DAY, 17, 0) in [p.start_epoch_ms for p in periods]
+    rated = rate(ctx.compiled, SessionFacts(periods, "Europe/Berlin", start,
+                                            start + 30 * MINUTE_MS))
+    assert Decimal(str(row.cdr["total_cost"]["excl_vat"])) == rated.total_cost.excl_vat
+    assert rated.total_cost.excl_vat == Decimal("2.64")
+    again = price(ctx, periods, start_ms=start, end_ms=start + 30 * MINUTE_MS)
+    assert again.total_incl_vat.amount_minor == row.total_incl_minor == final.amount_minor_incl
+
+
+def test_replayed_start_meter_values_and_stop_settle_once(demo):
+    ch = charger(demo, "DEMO-CP16-001")
+    start = berlin_ms(DAY, 10, 0)
+
+    async def body(service: ChargingService, sink: ListSink) -> Any:
+        tx, _ = await charge(service, ch, start_ms=start, minutes=10)
+        again = await service.start_transaction(StartTransaction(
+            ch, 1, None, CAROL, 1_000_000, start, frame("StartTransaction")))
+        stop = StopTransaction(ch, tx, start + 10 * MINUTE_MS, 3_000_000, "Local", CAROL, (),
+                               frame("StopTransaction"))
+        first = await service.stop_transaction(stop)
+        replayed = [await service.stop_transaction(stop) for _ in range(3)]
+        late = await service.record_meter_values(RecordMeterValues(
+            ch, tx, 1, (MeterSample(start + 5 * MINUTE_MS, 2_000_000, 12_000, None, True),),
+            frame("MeterValues", 99)))
+        return tx, again, first, replayed, late, sink
+
+    tx, again, first, replayed, late, sink = run(demo, body)
+    assert again.ocpp_transaction_id == tx
+    assert all(r == first for r in replayed)
+    assert late is None
+    assert len(sink.named("session.ended")) == 1
+    with demo.connect() as conn:
+        rows = conn.execute(select(s.charging_sessions).where(
+            s.charging_sessions.c.charger_id == ch.charger_id)).all()
+    assert len(rows) == 1
+
+
+def test_a_spending_cap_asks_for_the_stop_once(demo):
+    ch = charger(demo, "DEMO-CP16-001")
+    start = berlin_ms(DAY, 10, 0)
+    with write_transaction(demo) as conn:
+        conn.execute(s.drivers.update().where(s.drivers.c.name == "Carol Casual")
+                     .values(session_cap_minor=250))
+
+    async def body(service: ChargingService, sink: ListSink) -> Any:
+        _, costs = await charge(service, ch, start_ms=start, minutes=60)
+        return costs, sink
+
+    costs, sink = run(demo, body)
+    stops = [c for c in costs if c.stop_requested]
+    assert len(stops) == 1 and stops[0].amount_minor_incl >= 250
+    before = costs[costs.index(stops[0]) - 1]
+    assert before.amount_minor_incl < 250
+    reached = sink.named("session.cap_reached")
+    assert len(reached) == 1 and reached[0].cap_minor == 250
+
+
+def test_a_blocked_token_is_reported_and_an_unknown_transaction_loses_nothing(demo):
+    ch = charger(demo, "DEMO-CP16-001")
+
+    async def body(service: ChargingService, sink: ListSink) -> Any:
+        blocked = await service.authorize(ch, "04BLOCKED00000")
+        unknown = await service.authorize(ch, "NOT-A-TOKEN")
+        orphan = await service.record_meter_values(RecordMeterValues(
+            ch, "424242", 1, (MeterSample(berlin_ms(DAY, 9, 0), 5_000, None, None, None),),
+            frame("MeterValues")))
+        stop = await service.stop_transaction(StopTransaction(
+            ch, "424242", berlin_ms(DAY, 9, 5), 6_000, "Local", None, (),
+            frame("StopTransaction")))
+        return blocked, unknown, orphan, stop
+
+    blocked, unknown, orphan, stop = run(demo, body)
+    assert (blocked, unknown, orphan, stop) == ("Blocked", "Invalid", None, None)
+    with demo.connect() as conn:
+        frames = conn.execute(select(s.ocpp_messages.c.action, s.ocpp_messages.c.status)
+                              .order_by(s.ocpp_messages.c.seq)).all()
+    assert [tuple(f) for f in frames] == [("MeterValues", "failed"),
+                                          ("StopTransaction", "failed")]
+
+
+def test_a_stop_whose_billing_fails_is_kept_and_settled_later(demo, monkeypatch):
+    ch = charger(demo, "DEMO-CP16-001")
+    start = berlin_ms(DAY, 10, 0)
+    real_price = charging_module.price
+    calls = {"n": 0}
+
+    def failing_price(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("end_ms") is not None and calls["n"] == 0:
+            calls["n"] += 1
+            raise RuntimeError("pricing is down")
+        return real_price(*args, **kwargs)
+
+    monkeypatch.setattr(charging_module, "price", failing_price)
+
+    async def body(service: ChargingService, sink: ListSink) -> Any:
+        tx, _ = await charge(service, ch, start_ms=start, minutes=10)
+        stopped = await service.stop_transaction(StopTransaction(
+            ch, tx, start + 10 * MINUTE_MS, 3_000_000, "Local", CAROL, (),
+            frame("StopTransaction")))
+        with demo.connect() as conn:
+            status = conn.execute(select(s.charging_sessions.c.status).where(
+                s.charging_sessions.c.ocpp_transaction_id == tx)).scalar_one()
+        settled = await service.settle_pending()
+        return stopped, status, settled
+
+    stopped, status, settled = run(demo, body)
+    assert stopped is None and status == "billing_failed" and settled == 1
+    with demo.connect() as conn:
+        row = conn.execute(select(s.charging_sessions).where(
+            s.charging_sessions.c.charger_id == ch.charger_id)).one()
+    assert row.status == "completed" and row.total_incl_minor > 0
