@@ -1,0 +1,89 @@
+"""Live-cost benchmark: microseconds per meter sample through the charging service, in process.
+
+Prints ONE JSON object. Each sample goes through what a MeterValues frame costs the gateway
+after parsing: the period builder, the incremental rater, the pricing pipeline (plan,
+promotions, loyalty, VAT), the event, and the group-committed write of the sample.
+
+    .venv/bin/python bench/live_cost.py            # 3 000 samples per driver kind
+    .venv/bin/python bench/live_cost.py --quick    # 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import select
+
+from evbilling.adapters.db import schema as s
+from evbilling.adapters.db.engine import make_engine, migrate
+from evbilling.adapters.db.uow import write_transaction
+from evbilling.domain.events import Event
+from evbilling.domain.metering import MeterSample
+from evbilling.services.charging import ChargingService
+from evbilling.services.demo import seed_demo
+from evbilling.services.ports import ChargerRef, RawFrame, RecordMeterValues, StartTransaction
+
+DRIVERS = {"list_price": "04C4C4C4C4C4C4", "subscription": "04A1B2C3D4E5F6",
+           "fleet_gold": "04B0B0B0B0B0B0"}
+
+
+class CountingSink:
+    def __init__(self) -> None:
+        self.events = 0
+
+    def publish(self, event: Event) -> None:
+        self.events += 1
+
+
+async def per_sample_us(engine: object, charger: ChargerRef, token: str, samples: int) -> float:
+    service = ChargingService(engine, CountingSink())  # type: ignore[arg-type]
+    await service.start(sweep_every_s=3600)
+    start = int(dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC).timestamp() * 1000)
+    started = await service.start_transaction(StartTransaction(
+        charger, 1, None, token, 1_000_000, start, RawFrame("1", "StartTransaction", "[]")))
+    register = 1_000_000
+    t0 = time.perf_counter()
+    for k in range(1, samples + 1):
+        register += 11_000 * 10_000 // 3_600  # 11 kW for 10 s, in mWh
+        await service.record_meter_values(RecordMeterValues(
+            charger, started.ocpp_transaction_id, 1,
+            (MeterSample(start + k * 10_000, register, 11_000, 48_000, True),),
+            RawFrame(str(k), "MeterValues", "[]")))
+    elapsed = time.perf_counter() - t0
+    await service.stop()
+    return elapsed / samples * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    samples = 300 if args.quick else 3_000
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = make_engine(f"sqlite:///{Path(tmp) / 'live.sqlite3'}")
+        migrate(engine)
+        with write_transaction(engine) as conn:
+            seed_demo(conn)
+        with engine.connect() as conn:
+            row = conn.execute(select(s.chargers).where(
+                s.chargers.c.ocpp_identity == "DEMO-CP16-001")).one()
+        charger = ChargerRef(row.id, row.operator_id, row.ocpp_identity, row.site_id, "1.6")
+        out: dict[str, object] = {"samples_per_driver": samples}
+        for name, token in DRIVERS.items():
+            print(f"{name} ...", file=sys.stderr)
+            us = asyncio.run(per_sample_us(engine, charger, token, samples))
+            out[f"{name}_us_per_sample"] = round(us, 1)
+            out[f"{name}_samples_per_s"] = round(1e6 / us, 1)
+        engine.dispose()
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
