@@ -42,10 +42,11 @@ class CountingSink:
         self.events += 1
 
 
-async def per_sample_us(engine: object, charger: ChargerRef, token: str, samples: int) -> float:
+async def per_sample_us(engine: object, charger: ChargerRef, token: str, samples: int,
+                        day: int) -> float:
     service = ChargingService(engine, CountingSink())  # type: ignore[arg-type]
     await service.start(sweep_every_s=3600)
-    start = int(dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.UTC).timestamp() * 1000)
+    start = int(dt.datetime(2026, 11, 10 + day, 9, 0, tzinfo=dt.UTC).timestamp() * 1000)
     started = await service.start_transaction(StartTransaction(
         charger, 1, None, token, 1_000_000, start, RawFrame("1", "StartTransaction", "[]")))
     register = 1_000_000
@@ -58,6 +59,8 @@ async def per_sample_us(engine: object, charger: ChargerRef, token: str, samples
             RawFrame(str(k), "MeterValues", "[]")))
     elapsed = time.perf_counter() - t0
     await service.stop()
+    if service.writer.writes < samples:
+        raise SystemExit(f"only {service.writer.writes} of {samples} samples were written")
     return elapsed / samples * 1e6
 
 
@@ -76,9 +79,9 @@ def main() -> None:
                 s.chargers.c.ocpp_identity == "DEMO-CP16-001")).one()
         charger = ChargerRef(row.id, row.operator_id, row.ocpp_identity, row.site_id, "1.6")
         out: dict[str, object] = {"samples_per_driver": samples}
-        for name, token in DRIVERS.items():
+        for day, (name, token) in enumerate(DRIVERS.items()):
             print(f"{name} ...", file=sys.stderr)
-            us = asyncio.run(per_sample_us(engine, charger, token, samples))
+            us = asyncio.run(per_sample_us(engine, charger, token, samples, day))
             out[f"{name}_us_per_sample"] = round(us, 1)
             out[f"{name}_samples_per_s"] = round(1e6 / us, 1)
         engine.dispose()
