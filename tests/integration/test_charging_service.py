@@ -241,3 +241,69 @@ def test_a_stop_whose_billing_fails_is_kept_and_settled_later(demo, monkeypatch)
         row = conn.execute(select(s.charging_sessions).where(
             s.charging_sessions.c.charger_id == ch.charger_id)).one()
     assert row.status == "completed" and row.total_incl_minor > 0
+
+
+def test_a_session_that_never_reports_its_stop_is_closed_at_its_last_sample(demo):
+    ch = charger(demo, "DEMO-CP16-001")
+    start = berlin_ms(DAY, 10, 0)
+
+    async def body(service: ChargingService, sink: ListSink) -> Any:
+        tx, _ = await charge(service, ch, start_ms=start, minutes=20)
+        service.clock = lambda: dt.datetime(2026, 11, 23, tzinfo=dt.UTC)  # 3 days later
+        closed = await service.close_timed_out()
+        return tx, closed, sink
+
+    tx, closed, sink = run(demo, body)
+    assert closed == 1
+    with demo.connect() as conn:
+        row = conn.execute(select(s.charging_sessions).where(
+            s.charging_sessions.c.ocpp_transaction_id == tx)).one()
+    assert row.status == "completed" and row.stop_reason == "Timeout"
+    assert row.flags["missing_stop"] is True
+    assert row.ended_at.replace(tzinfo=dt.UTC) == dt.datetime.fromtimestamp(
+        (start + 20 * MINUTE_MS) / 1000, dt.UTC)
+    assert [e.stop_reason for e in sink.named("session.ended")] == ["Timeout"]
+
+
+def test_a_new_start_on_the_connector_closes_the_session_left_open_there(demo):
+    ch = charger(demo, "DEMO-CP16-001")
+    start = berlin_ms(DAY, 10, 0)
+
+    async def body(service: ChargingService, sink: ListSink) -> Any:
+        first, _ = await charge(service, ch, start_ms=start, minutes=10)
+        second, _ = await charge(service, ch, start_ms=start + 60 * MINUTE_MS, minutes=10,
+                                 register_start=5_000_000)
+        return first, second
+
+    first, second = run(demo, body)
+    with demo.connect() as conn:
+        rows = {r.ocpp_transaction_id: r for r in conn.execute(select(s.charging_sessions).where(
+            s.charging_sessions.c.charger_id == ch.charger_id))}
+    assert rows[first].status == "completed" and rows[first].stop_reason == "NoStopReported"
+    assert rows[second].status == "active"
+
+
+def test_a_meter_reset_keeps_counting_from_the_new_baseline(demo):
+    ch = charger(demo, "DEMO-CP16-001")
+    start = berlin_ms(DAY, 10, 0)
+
+    async def body(service: ChargingService, sink: ListSink) -> Any:
+        started = await service.start_transaction(StartTransaction(
+            ch, 1, None, CAROL, 9_000_000, start, frame("StartTransaction")))
+        tx = started.ocpp_transaction_id
+        for k, register in enumerate((10_000_000, 500_000, 1_500_000), start=1):
+            await service.record_meter_values(RecordMeterValues(
+                ch, tx, 1, (MeterSample(start + k * 5 * MINUTE_MS, register, 12_000, None,
+                                        True),), frame("MeterValues", k)))
+        await service.stop_transaction(StopTransaction(
+            ch, tx, start + 20 * MINUTE_MS, 2_500_000, "Local", CAROL, (),
+            frame("StopTransaction")))
+        return tx
+
+    tx = run(demo, body)
+    with demo.connect() as conn:
+        row = conn.execute(select(s.charging_sessions).where(
+            s.charging_sessions.c.ocpp_transaction_id == tx)).one()
+    # 1 kWh before the reset, 0.5 kWh counted from 0 at the reset, then 1 + 1 kWh
+    assert row.energy_milliwh == 1_000_000 + 500_000 + 1_000_000 + 1_000_000
+    assert row.flags["meter_resets"] == 1
