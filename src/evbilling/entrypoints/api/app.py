@@ -17,6 +17,8 @@ from evbilling.bootstrap import wire_charging
 from evbilling.entrypoints.api import access, catalog, errors, quotes, sessions, tariffs
 from evbilling.entrypoints.api.crud import build_router
 from evbilling.entrypoints.api.resources import resources
+from evbilling.entrypoints.ocpp import ConnectionRegistry, mount_ocpp
+from evbilling.services.ports import ChargingPort
 
 logger = logging.getLogger("evbilling.api")
 
@@ -67,8 +69,10 @@ class SecurityHeaders:
             await response(scope, receive, send_with_headers)
 
 
-def create_app(database_url: str | None = None, *, engine: Engine | None = None) -> FastAPI:
-    """Build the app. The database is migrated to the newest schema before serving."""
+def create_app(database_url: str | None = None, *, engine: Engine | None = None,
+               charging: ChargingPort | None = None) -> FastAPI:
+    """Build the app. The database is migrated to the newest schema before serving.
+    ``charging`` replaces the charging service behind the OCPP gateway (tests)."""
     engine = engine or make_engine(database_url)
     migrate(engine)
 
@@ -97,7 +101,9 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None)
     app.state.engine = engine
     app.state.background = []  # objects with async start() / stop(), in start order
     errors.install(app)
-    wire_charging(app, engine)
+    service = wire_charging(app, engine)
+    service.commands = registry = ConnectionRegistry()  # the service stops / shows cost via OCPP
+    mount_ocpp(app, charging if charging is not None else service, registry, engine)
 
     app.add_middleware(SecurityHeaders)
 
