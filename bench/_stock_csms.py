@@ -54,6 +54,9 @@ class StockCentralSystem:
         self.authorization: dict[str, str | None] = {}  # the Authorization header, as sent
         self.received: list[tuple[str, str, dict[str, Any]]] = []  # identity, action, payload
         self._transaction_ids = itertools.count(1)
+        #: ChargePoint class per subprotocol (a test may put a subclass here)
+        self.classes: dict[str, Any] = {"ocpp1.6": StockChargePoint16,
+                                        "ocpp2.0.1": StockChargePoint201}
 
     def next_transaction_id(self) -> int:
         return next(self._transaction_ids)
@@ -66,14 +69,11 @@ class StockCentralSystem:
         request = connection.request
         path = request.path if request is not None else "/"
         identity = path.rstrip("/").rsplit("/", 1)[-1]
-        charge_point: ChargePoint16 | ChargePoint201
-        if connection.subprotocol == "ocpp1.6":
-            charge_point = StockChargePoint16(identity, connection, self)
-        elif connection.subprotocol == "ocpp2.0.1":
-            charge_point = StockChargePoint201(identity, connection, self)
-        else:
+        cls = self.classes.get(connection.subprotocol or "")
+        if cls is None:
             await connection.close(1002, "no supported OCPP subprotocol")
             return
+        charge_point = cls(identity, connection, self)
         if self.record and request is not None:
             self.authorization[identity] = request.headers.get("Authorization")
         self.charge_points[identity] = charge_point

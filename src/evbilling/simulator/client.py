@@ -465,6 +465,11 @@ class SimulatedCharger:
         return f"{self.url}/{self.spec.identity}"
 
     @property
+    def closed(self) -> bool:
+        """The connection was open and is now closed (lost or closed by us)."""
+        return self._closed.is_set()
+
+    @property
     def active_transaction(self) -> TransactionRecord | None:
         return None if self._active is None else self._active.record
 
@@ -500,7 +505,7 @@ class SimulatedCharger:
         except ConnectionClosed:
             pass
         except Exception as exc:  # the library's reader died: record it, end the connection
-            self._error(f"reader: {exc!r}")
+            self.record_error(f"reader: {exc!r}")
         finally:
             self.log.connected = False
             self._closed.set()
@@ -545,13 +550,13 @@ class SimulatedCharger:
         try:
             response = await self._cp.call(payload, suppress=False)
         except OCPPError as exc:
-            self._error(f"{action}: CALLERROR {exc.code}: {exc.description}")
+            self.record_error(f"{action}: CALLERROR {exc.code}: {exc.description}")
             self.log.exchanges.append(Exchange(self.clock.now(), action, None, str(exc.code)))
             return None
         except TimeoutError:
             if self._closed.is_set():
                 raise SimulatorError(f"{self.spec.identity}: connection closed") from None
-            self._error(f"{action}: no response within {self.response_timeout_s} s")
+            self.record_error(f"{action}: no response within {self.response_timeout_s} s")
             self.log.exchanges.append(Exchange(self.clock.now(), action, None, "timeout"))
             return None
         except ConnectionClosed as exc:
@@ -559,7 +564,7 @@ class SimulatedCharger:
         self.log.exchanges.append(Exchange(self.clock.now(), action, _as_dict(response)))
         return response
 
-    def _error(self, message: str) -> None:
+    def record_error(self, message: str) -> None:
         self.log.error_count += 1
         self.log.errors.append(message)
 
