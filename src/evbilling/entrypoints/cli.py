@@ -192,6 +192,42 @@ def serve(
 
 
 @app.command()
+def simulate(
+    chargers: Annotated[int, typer.Option(help="How many chargers to simulate.")] = 3,
+    minutes: Annotated[float, typer.Option(help="Simulated minutes to run.")] = 60,
+    ocpp: Annotated[str, typer.Option(help="1.6, 2.0.1 or mixed.")] = "mixed",
+    speedup: Annotated[float, typer.Option(help="Time compression: wall time = simulated "
+                                           "time / speedup.")] = 60,
+    url: Annotated[str, typer.Option(help="Central system; a charger connects to URL/ID."
+                                     )] = "ws://127.0.0.1:8000/ocpp",
+    password: Annotated[str | None, typer.Option(help="Basic-auth password of every simulated "
+                                                 "charger. Default: the demo one.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sessions (same seed, same cars).")] = 0,
+    token: Annotated[list[str] | None, typer.Option(help="RFID token (repeat). Default: the "
+                                                    "demo tokens.")] = None,
+    identity: Annotated[list[str] | None, typer.Option(help="Charger identity, ID or ID@1.6 "
+                                                       "(repeat). Default: the demo chargers, "
+                                                       "then SIM-00001...")] = None,
+    sample_interval: Annotated[int, typer.Option(help="Meter sample interval, simulated "
+                                                 "seconds.")] = 60,
+) -> None:
+    """Simulate OCPP chargers charging cars against a central system (real sockets)."""
+    from evbilling.simulator import runner
+
+    try:
+        config = runner.SimulationConfig(
+            chargers=chargers, minutes=minutes, ocpp=ocpp, speedup=speedup, url=url,
+            password=password or runner.DEMO_CHARGER_PASSWORD, seed=seed,
+            tokens=tuple(token or runner.DEMO_TOKENS), identities=tuple(identity or ()),
+            sample_interval_s=sample_interval)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    result = runner.run_with_display(config, console)
+    if result.stats.booted == 0:
+        raise typer.Exit(code=1)
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     console.print(__version__)
