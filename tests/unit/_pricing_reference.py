@@ -1,0 +1,1035 @@
+"""REFERENCE ONLY (tests): ``domain/pricing.py`` as it was before the integer fast path
+(commit 9b99ca9), kept verbatim below this note so ``test_pricing_fast.py`` can check that the
+new ``price_session`` gives field-by-field identical answers. Not imported by ``src``.
+
+The pricing pipeline and the plan advisor. Pure functions; no I/O, no clock.
+
+``price_session`` (rules and worked examples in ``docs/plans.md``):
+
+1. **Rate** the session with the tariff the plan implies (pay-per-use, wallet, fleet: the public
+   tariff; subscription: the member tariff; flat rate: the fallback tariff), with
+   ``rating.rate`` and its per-period breakdown. The caller selects the tariff versions.
+2. **Plan coverage.** The allowance (subscription) or fair-use cap (flat rate) left in the
+   period covers a prefix of the session measured in energy: walk the periods in order; a
+   period fully inside the prefix is free of ENERGY and charging TIME; the period in which it
+   runs out is split pro rata by energy (covered share of a quantity = ``q * a // e``, exact
+   integers, the rest is charged); after it everything is charged. Idle time (PARKING_TIME) and
+   reservations are never covered. ``waive_flat_fee`` removes the FLAT session fee. Covered
+   quantities appear as zero-amount lines that say what the plan paid for.
+   The tariff's min/max price bounds what the tariff charges (the part left after coverage);
+   a session the plan covers completely costs nothing.
+3. **Promotions, then loyalty** (``promotions.apply_promotions``): each discount a named line.
+4. **Amounts**: every line is rounded once (excl. and incl. VAT separately) from the exact
+   rational the rating engine's full precision gives; totals are exact sums of the lines;
+   a VAT summary per rate.
+
+The answer depends only on the request: the same periods give the same lines whether the
+session is still running (live) or finished. Pass the ``PlanUsage`` as it was when the session
+started; ``usage_after`` is what to store when the session settles.
+
+``advise_plans`` prices a usage history (or a typed monthly profile) under each plan the
+driver may choose, with period fees and allowances, and returns them cheapest first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from decimal import ROUND_HALF_UP, Decimal
+from enum import StrEnum
+from fractions import Fraction
+
+from evbilling.domain.errors import CurrencyMismatchError, DomainError, InvalidDocumentError
+from evbilling.domain.invariants import require
+from evbilling.domain.money import (
+    Currency,
+    Money,
+    allocate,
+    money_sum,
+    round_exact_to_minor,
+    vat_factor,
+)
+from evbilling.domain.periods import (
+    MILLIWH_PER_KWH,
+    MS_PER_HOUR,
+    ChargingPeriod,
+    SessionFacts,
+    epoch_ms,
+    from_epoch_ms,
+)
+from evbilling.domain.plans import (
+    BillingPeriod,
+    Plan,
+    PlanKind,
+    PlanUsage,
+    local_date,
+    local_midnight,
+    period_dates,
+)
+from evbilling.domain.promotions import (
+    MAX_PROMOTIONS_PER_CHARGE,
+    AmountCell,
+    Category,
+    Discount,
+    DiscountBase,
+    DiscountSource,
+    LoyaltyTier,
+    Promotion,
+    PromotionCheck,
+    PromotionContext,
+    Purpose,
+    TooManyPromotionsError,
+    apply_promotions,
+    check_promotion,
+    kwh_text,
+)
+from evbilling.domain.rating import (
+    MONEY_DENOMINATOR,
+    VAT_SCALE,
+    RatedDimension,
+    RatedSession,
+    bound_total,
+    rate,
+)
+from evbilling.domain.tariffs import Tariff
+from evbilling.domain.timezones import zone
+
+# -- limits ---------------------------------------------------------------------------------------
+MAX_ADVISOR_OPTIONS = 100
+MAX_ADVISOR_SESSIONS = 10_000
+MAX_ADVISOR_WINDOW_DAYS = 400
+MAX_PROFILE_SESSIONS_PER_MONTH = 1_000
+MAX_PROFILE_ENERGY_MILLIWH = 1_000_000 * MILLIWH_PER_KWH
+MAX_PROFILE_MINUTES = 24 * 60
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+class PricingError(DomainError):
+    code = "pricing_failed"
+
+
+class PlanTariffMissingError(PricingError):
+    """The tariff the plan prices with was not supplied."""
+
+    code = "plan_tariff_missing"
+
+
+class PlanTariffMismatchError(PricingError):
+    """The supplied member / fallback tariff is not the one the plan names."""
+
+    code = "plan_tariff_mismatch"
+
+
+class PlanUsageRequiredError(PricingError):
+    code = "plan_usage_required"
+
+
+class PlanUsageMismatchError(PricingError):
+    """The usage record is for another plan, or for a period the session did not start in."""
+
+    code = "plan_usage_mismatch"
+
+
+class SessionStartUnknownError(PricingError):
+    code = "session_start_unknown"
+
+
+class SessionOutsideWindowError(PricingError):
+    code = "session_outside_window"
+
+
+class InvalidUsageProfileError(InvalidDocumentError):
+    code = "invalid_usage_profile"
+
+
+# -- request --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlanTariffs:
+    """The tariff versions in force for the connector and session start, selected by the
+    caller. Only the one the plan prices with is needed."""
+
+    public: Tariff | None = None
+    member: Tariff | None = None
+    fallback: Tariff | None = None
+
+    def for_plan(self, plan: Plan) -> Tariff:
+        """The tariff ``plan`` prices with; its id must be the plan's and its currency too."""
+        if plan.kind is PlanKind.SUBSCRIPTION:
+            tariff, role = self.member, "member"
+        elif plan.kind is PlanKind.FLAT_RATE:
+            tariff, role = self.fallback, "fallback"
+        else:
+            tariff, role = self.public, "public"
+        if tariff is None:
+            raise PlanTariffMissingError(f"plan {plan.id} needs its {role} tariff")
+        if plan.tariff_id is not None and tariff.id != plan.tariff_id:
+            raise PlanTariffMismatchError(
+                f"plan {plan.id} prices with tariff {plan.tariff_id}, not {tariff.id}")
+        if tariff.currency != plan.currency:
+            raise CurrencyMismatchError(
+                f"tariff {tariff.id} is in {tariff.currency}, plan {plan.id} in {plan.currency}")
+        return tariff
+
+
+@dataclass(frozen=True, slots=True)
+class PricingRequest:
+    session: SessionFacts  # so far (live) or complete
+    plan: Plan
+    tariffs: PlanTariffs
+    #: The plan's usage in the period the session started in, as it was at the start.
+    #: Required for subscriptions and flat rates; optional (energy is tracked) otherwise.
+    usage: PlanUsage | None = None
+    promotions: tuple[Promotion, ...] = ()  # candidates: automatic ones + the entered code's
+    promotion_context: PromotionContext | None = None  # required when promotions are given
+    loyalty_tier: LoyaltyTier | None = None  # the driver's tier at the session start
+    #: The session already rated by a ``SessionRater`` fed these same periods (live cost:
+    #: the rater works incrementally, so a meter sample is not a re-rating of the session).
+    #: None: ``price_session`` rates ``session`` itself.
+    rated: RatedSession | None = None
+
+
+# -- result ---------------------------------------------------------------------------------------
+
+
+class LineKind(StrEnum):
+    CHARGE = "charge"
+    PLAN_BENEFIT = "plan_benefit"  # what the plan covered: zero amount, for information
+    PRICE_BOUND = "price_bound"
+    PROMOTION = "promotion"
+    LOYALTY = "loyalty"
+    PLAN_FEE = "plan_fee"
+
+
+class LineCode(StrEnum):
+    ENERGY = "energy"
+    CHARGING_TIME = "charging_time"
+    IDLE_TIME = "idle_time"
+    RESERVATION = "reservation"
+    RESERVATION_FEE = "reservation_fee"
+    SESSION_FEE = "session_fee"
+    INCLUDED_ENERGY = "included_energy"
+    FAIR_USE_ENERGY = "fair_use_energy"
+    COVERED_CHARGING_TIME = "covered_charging_time"
+    SESSION_FEE_WAIVED = "session_fee_waived"
+    MIN_PRICE = "min_price"
+    MAX_PRICE = "max_price"
+    PROMOTION = "promotion"
+    LOYALTY = "loyalty"
+    PLAN_FEE = "plan_fee"
+
+
+class QuantityUnit(StrEnum):
+    MILLIWH = "milliwh"
+    MS = "ms"
+    SESSION = "session"
+
+
+@dataclass(frozen=True, slots=True)
+class PriceLine:
+    """One line of a receipt. Discounts are negative. Amounts are rounded once."""
+
+    kind: LineKind
+    code: LineCode
+    description: str
+    amount_excl_vat: Money
+    amount_incl_vat: Money
+    vat_percent: Decimal | None = None
+    quantity: int | None = None  # in quantity_unit (exact)
+    quantity_unit: QuantityUnit | None = None
+    unit_price: Decimal | None = None  # excl. VAT per kWh, per hour or per session
+    source_id: str | None = None  # tariff id, promotion id or loyalty tier name
+
+
+@dataclass(frozen=True, slots=True)
+class VatLine:
+    vat_percent: Decimal | None  # None = no VAT applicable
+    amount_excl_vat: Money
+    vat_amount: Money
+    amount_incl_vat: Money
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedPromotion:
+    """A redemption to record: what the promotion took off this charge."""
+
+    promotion_id: str
+    label: str
+    discount_excl_vat: Money
+    discount_incl_vat: Money
+
+
+@dataclass(frozen=True, slots=True)
+class PricedSession:
+    plan_id: str
+    tariff_id: str
+    currency: Currency
+    lines: tuple[PriceLine, ...]
+    total_excl_vat: Money
+    total_incl_vat: Money
+    vat_summary: tuple[VatLine, ...]
+    applied_promotions: tuple[AppliedPromotion, ...]
+    refused_promotions: tuple[PromotionCheck, ...]
+    loyalty_tier: str | None
+    energy_milliwh: int  # charged in the session (positive periods)
+    energy_covered_milliwh: int  # of which the allowance / cap covered
+    usage_after: PlanUsage | None
+    warnings: tuple[str, ...]
+    #: The rating result (OCPI totals for a CDR); not part of the answer's equality.
+    rated: RatedSession = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PricedFee:
+    plan_id: str
+    currency: Currency
+    lines: tuple[PriceLine, ...]
+    total_excl_vat: Money
+    total_incl_vat: Money
+    vat_summary: tuple[VatLine, ...]
+    applied_promotions: tuple[AppliedPromotion, ...]
+    refused_promotions: tuple[PromotionCheck, ...]
+
+
+# -- step 1: rating, as exact pieces --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Dimension:
+    code: LineCode
+    unit: QuantityUnit
+    per_unit: int  # quantity units per priced unit (milliwh per kWh, ms per hour, 1)
+    label: str
+    category: Category
+
+
+_ENERGY = _Dimension(LineCode.ENERGY, QuantityUnit.MILLIWH, MILLIWH_PER_KWH, "Energy",
+                     Category.ENERGY)
+_DIMENSIONS: dict[str, _Dimension] = {
+    "ENERGY": _ENERGY,
+    "TIME": _Dimension(LineCode.CHARGING_TIME, QuantityUnit.MS, MS_PER_HOUR, "Charging time",
+                       Category.CHARGING_TIME),
+    "PARKING_TIME": _Dimension(LineCode.IDLE_TIME, QuantityUnit.MS, MS_PER_HOUR, "Idle time",
+                               Category.IDLE_TIME),
+    "RESERVATION_TIME": _Dimension(LineCode.RESERVATION, QuantityUnit.MS, MS_PER_HOUR,
+                                   "Reservation", Category.RESERVATION),
+    "FLAT": _Dimension(LineCode.SESSION_FEE, QuantityUnit.SESSION, 1, "Session fee",
+                       Category.SESSION_FEE),
+}
+_RESERVATION_FEE = _Dimension(LineCode.RESERVATION_FEE, QuantityUnit.SESSION, 1,
+                              "Reservation fee", Category.RESERVATION)
+_BY_CODE = {d.code: d for d in (*_DIMENSIONS.values(), _RESERVATION_FEE)}
+_COVERABLE = frozenset({LineCode.ENERGY, LineCode.CHARGING_TIME})
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """One priced dimension of one period: billed quantity (incl. any step-size extra) at an
+    exact unit price."""
+
+    dimension: _Dimension
+    quantity: int
+    unit_price: Decimal
+    vat_percent: Decimal | None
+
+    @property
+    def excl(self) -> Fraction:
+        return Fraction(self.unit_price) * self.quantity / self.dimension.per_unit
+
+    @property
+    def incl(self) -> Fraction:
+        return self.excl * Fraction(vat_factor(self.vat_percent))
+
+
+def _pieces(rated: RatedSession) -> list[list[_Piece]]:
+    """The rating breakdown as exact pieces, one list per period (unpriced dimensions out)."""
+    out: list[list[_Piece]] = []
+    for period in rated.periods():
+        reserved = any(d.type == "RESERVATION_TIME" for d in period.dimensions)
+        pieces: list[_Piece] = []
+        for d in period.dimensions:
+            if d.element_index is None or d.price is None:
+                continue
+            dim = _RESERVATION_FEE if (reserved and d.type == "FLAT") else _DIMENSIONS[d.type]
+            pieces.append(_Piece(dim, _billed_units(d, dim.per_unit), d.price, d.vat))
+        out.append(pieces)
+    return out
+
+
+def _billed_units(d: RatedDimension, per_unit: int) -> int:
+    """The billed quantity as an integer of our scale. The breakdown reports hours at 12
+    decimals, within 3.6e-6 ms of a whole ms, so the nearest integer is the exact quantity."""
+    scaled = d.billed_volume * per_unit
+    units = scaled.to_integral_value(rounding=ROUND_HALF_UP)
+    require(abs(scaled - units) < Decimal("0.001"), "billed volumes are whole units")
+    return int(units)
+
+
+def _exact_total(pieces: Iterable[_Piece]) -> tuple[Fraction, Fraction]:
+    items = list(pieces)
+    return (sum((p.excl for p in items), Fraction(0)), sum((p.incl for p in items), Fraction(0)))
+
+
+# -- step 2: plan coverage ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Coverage:
+    charged: tuple[_Piece, ...]
+    waived: tuple[_Piece, ...]
+    energy_covered_milliwh: int
+    time_covered_ms: int
+
+    @property
+    def covered_any(self) -> bool:
+        return bool(self.waived) or self.energy_covered_milliwh > 0 or self.time_covered_ms > 0
+
+    @property
+    def has_charged_quantity(self) -> bool:
+        return any(p.quantity != 0 for p in self.charged)
+
+
+def _cover(periods: Sequence[ChargingPeriod], pieces: Sequence[Sequence[_Piece]],
+           allowance_milliwh: int, waive_flat_fee: bool) -> _Coverage:
+    """Walk the periods in order, covering energy and charging time while the allowance lasts
+    (module doc, step 2)."""
+    remaining = allowance_milliwh
+    charged: list[_Piece] = []
+    waived: list[_Piece] = []
+    energy_covered = time_covered = 0
+    for period, period_pieces in zip(periods, pieces, strict=True):
+        covered, whole = _covered_share(period, remaining)
+        if period.energy_milliwh > 0 and not period.is_reservation:
+            energy_covered += covered
+            remaining -= covered
+        for piece in period_pieces:
+            if piece.dimension.code is LineCode.SESSION_FEE and waive_flat_fee:
+                waived.append(piece)
+            elif piece.dimension.code in _COVERABLE and covered:
+                covered_units = piece.quantity * covered // whole
+                charged.append(replace(piece, quantity=piece.quantity - covered_units))
+                if piece.dimension.code is LineCode.CHARGING_TIME:
+                    time_covered += covered_units
+            else:
+                charged.append(piece)
+    return _Coverage(tuple(charged), tuple(waived), energy_covered, time_covered)
+
+
+def _covered_share(period: ChargingPeriod, remaining_milliwh: int) -> tuple[int, int]:
+    """(covered, whole): the share of the period the allowance covers, as energy over energy;
+    a period without energy is covered whole while any allowance is left; exported energy and
+    reservations never are."""
+    if period.is_reservation or period.energy_milliwh < 0 or remaining_milliwh <= 0:
+        return 0, 1
+    if period.energy_milliwh == 0:
+        return 1, 1
+    return min(remaining_milliwh, period.energy_milliwh), period.energy_milliwh
+
+
+# -- lines ----------------------------------------------------------------------------------------
+
+
+def _money(value: Fraction, currency: Currency) -> Money:
+    return Money(round_exact_to_minor(value, currency), currency)
+
+
+def _price_text(price: Decimal, currency: Currency) -> str:
+    text = f"{price:.2f}" if price == price.quantize(Decimal("0.01")) else f"{price.normalize():f}"
+    return f"{text} {currency}"
+
+
+def duration_text(ms: int) -> str:
+    """"1:05:30" (whole seconds shown; the line's quantity keeps the exact ms)."""
+    seconds = ms // 1000
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _quantity_text(dim: _Dimension, quantity: int) -> str:
+    if dim.unit is QuantityUnit.MILLIWH:
+        return f"{kwh_text(quantity)} kWh"
+    if dim.unit is QuantityUnit.MS:
+        return duration_text(quantity)
+    return ""
+
+
+_TARIFF_NOTE = {PlanKind.SUBSCRIPTION: ", member tariff", PlanKind.FLAT_RATE: ", fallback tariff"}
+
+
+def _charge_lines(pieces: Sequence[_Piece], plan: Plan, tariff: Tariff) -> list[PriceLine]:
+    """One line per dimension, unit price and VAT rate, in dimension order."""
+    groups: dict[tuple[LineCode, Decimal, Decimal | None], list[_Piece]] = {}
+    for piece in pieces:
+        groups.setdefault((piece.dimension.code, piece.unit_price, piece.vat_percent),
+                          []).append(piece)
+    order = list(_BY_CODE)
+    lines: list[PriceLine] = []
+    for (code, unit_price, vat), group in sorted(groups.items(),
+                                                 key=lambda kv: order.index(kv[0][0])):
+        quantity = sum(p.quantity for p in group)
+        if quantity == 0:
+            continue
+        dim = _BY_CODE[code]
+        excl, incl = _exact_total(group)
+        unit = {QuantityUnit.MILLIWH: "/kWh", QuantityUnit.MS: "/h"}.get(dim.unit, "")
+        text = _quantity_text(dim, quantity)
+        description = (f"{dim.label}{' ' + text if text else ''} @ "
+                       f"{_price_text(unit_price, tariff.currency)}{unit}"
+                       f"{_TARIFF_NOTE.get(plan.kind, '')}")
+        lines.append(PriceLine(
+            LineKind.CHARGE, code, description, _money(excl, tariff.currency),
+            _money(incl, tariff.currency), vat, quantity, dim.unit, unit_price, tariff.id))
+    return lines
+
+
+def _benefit_lines(coverage: _Coverage, plan: Plan, currency: Currency) -> list[PriceLine]:
+    zero = Money.zero(currency)
+    lines: list[PriceLine] = []
+    if coverage.energy_covered_milliwh:
+        if plan.kind is PlanKind.SUBSCRIPTION:
+            code, text = LineCode.INCLUDED_ENERGY, "Included energy {} kWh (subscription)"
+        else:
+            code, text = LineCode.FAIR_USE_ENERGY, "Energy within the fair-use cap {} kWh"
+        lines.append(PriceLine(
+            LineKind.PLAN_BENEFIT, code, text.format(kwh_text(coverage.energy_covered_milliwh)),
+            zero, zero, None, coverage.energy_covered_milliwh, QuantityUnit.MILLIWH,
+            source_id=plan.id))
+    if coverage.time_covered_ms:
+        lines.append(PriceLine(
+            LineKind.PLAN_BENEFIT, LineCode.COVERED_CHARGING_TIME,
+            f"Charging time covered by the plan {duration_text(coverage.time_covered_ms)}",
+            zero, zero, None, coverage.time_covered_ms, QuantityUnit.MS, source_id=plan.id))
+    for piece in coverage.waived:
+        fee = _money(piece.excl, currency)
+        lines.append(PriceLine(
+            LineKind.PLAN_BENEFIT, LineCode.SESSION_FEE_WAIVED,
+            f"Session fee {fee} waived ({plan.kind.value.replace('_', ' ')})", zero, zero,
+            None, 1, QuantityUnit.SESSION, piece.unit_price, plan.id))
+    return lines
+
+
+# -- step 2b: the tariff's min / max price --------------------------------------------------------
+
+
+def _bound_delta(tariff: Tariff, rated: RatedSession, coverage: _Coverage
+                 ) -> tuple[LineCode, Fraction, Fraction] | None:
+    """(which bound, excl delta, incl delta) to add to the charged part, or None."""
+    if tariff.min_price is None and tariff.max_price is None:
+        return None
+    excl, incl = _exact_total(coverage.charged)
+    if not coverage.covered_any:
+        # The charged part is the whole session: the rating engine's own bounded total.
+        if rated.price_bound is None:
+            return None
+        bounded_excl = Fraction(rated.total_cost_exact.excl, MONEY_DENOMINATOR)
+        bounded_incl = Fraction(rated.total_cost_exact.incl, MONEY_DENOMINATOR * VAT_SCALE)
+        return LineCode(rated.price_bound), bounded_excl - excl, bounded_incl - incl
+    if not coverage.has_charged_quantity:
+        return None  # the plan covered the whole session
+    which, b_excl, b_incl = bound_total(excl, incl, tariff.min_price, tariff.max_price)
+    if which is None:
+        return None
+    return LineCode(which), b_excl - excl, b_incl - incl
+
+
+def _bound_lines(delta: tuple[LineCode, Fraction, Fraction] | None, charges: Sequence[PriceLine],
+                 tariff: Tariff) -> list[PriceLine]:
+    """The bound adjustment, rounded once (excl., incl.), split over the charged VAT rates in
+    proportion to their incl. amounts (``money.allocate``)."""
+    if delta is None:
+        return []
+    code, d_excl, d_incl = delta
+    cur = tariff.currency
+    excl_minor, incl_minor = round_exact_to_minor(d_excl, cur), round_exact_to_minor(d_incl, cur)
+    rates = _vat_weights(charges, tariff)
+    weights = [w for _, w in rates]
+    if sum(weights) == 0:
+        weights = [1] + [0] * (len(weights) - 1)
+    label = "Minimum price" if code is LineCode.MIN_PRICE else "Maximum price"
+    bound = tariff.min_price if code is LineCode.MIN_PRICE else tariff.max_price
+    text = f"{label} {_price_text(bound.excl_vat, cur)} excl. VAT" if bound else label
+    return [
+        PriceLine(LineKind.PRICE_BOUND, code, text, Money(e, cur), Money(i, cur), vat,
+                  source_id=tariff.id)
+        for (vat, _), e, i in zip(rates, allocate(excl_minor, weights),
+                                  allocate(incl_minor, weights), strict=True)
+    ]
+
+
+def _vat_weights(charges: Sequence[PriceLine], tariff: Tariff
+                 ) -> list[tuple[Decimal | None, int]]:
+    weights: dict[Decimal | None, int] = {}
+    for line in charges:
+        weights[line.vat_percent] = (weights.get(line.vat_percent, 0)
+                                     + max(0, line.amount_incl_vat.amount_minor))
+    if not weights:
+        weights[_tariff_vat(tariff)] = 0
+    return list(weights.items())
+
+
+def _tariff_vat(tariff: Tariff) -> Decimal | None:
+    """The first VAT rate the tariff names (for an adjustment with nothing charged)."""
+    for element in tariff.elements:
+        for component in element.price_components:
+            if component.vat is not None:
+                return component.vat
+    return None
+
+
+# -- step 3: promotions and loyalty ---------------------------------------------------------------
+
+
+_CATEGORY = {
+    LineCode.MIN_PRICE: Category.PRICE_BOUND, LineCode.MAX_PRICE: Category.PRICE_BOUND,
+    LineCode.PLAN_FEE: Category.PLAN_FEE,
+    **{code: dim.category for code, dim in _BY_CODE.items()},
+}
+
+
+def _discount_base(lines: Sequence[PriceLine], currency: Currency) -> DiscountBase:
+    cells = tuple(AmountCell(_CATEGORY[line.code], line.vat_percent,
+                             line.amount_excl_vat.amount_minor, line.amount_incl_vat.amount_minor)
+                  for line in lines)
+    return DiscountBase(currency, cells, _priced_quantity(lines, LineCode.ENERGY),
+                        _priced_quantity(lines, LineCode.IDLE_TIME))
+
+
+def _priced_quantity(lines: Iterable[PriceLine], code: LineCode) -> int:
+    return sum(line.quantity or 0 for line in lines
+               if line.code is code and (line.unit_price or 0) > 0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Discounts:
+    lines: tuple[PriceLine, ...]
+    applied: tuple[AppliedPromotion, ...]
+    refused: tuple[PromotionCheck, ...]
+
+
+def _apply_discounts(base: DiscountBase, promotions: Sequence[Promotion],
+                     context: PromotionContext | None, *, plan: Plan, at: dt.datetime,
+                     time_zone: str, purpose: Purpose, loyalty: LoyaltyTier | None
+                     ) -> _Discounts:
+    if len(promotions) > MAX_PROMOTIONS_PER_CHARGE:
+        raise TooManyPromotionsError(
+            f"at most {MAX_PROMOTIONS_PER_CHARGE} candidate promotions for one charge")
+    checks: list[PromotionCheck] = []
+    if promotions:
+        require(context is not None, "promotions come with a PromotionContext")
+        require(context is None or context.plan_id == plan.id,
+                "the promotion context is for the plan being priced")
+    if context is not None:
+        spend = base.total_incl_minor if purpose is Purpose.SESSION else None
+        checks = [check_promotion(p, context, at=at, time_zone=time_zone, purpose=purpose,
+                                  currency=base.currency,
+                                  plan_promotions_eligible=plan.promotions_eligible,
+                                  spend_minor=spend) for p in promotions]
+    eligible = [p for p, c in zip(promotions, checks, strict=True) if c.eligible]
+    outcome = apply_promotions(base, eligible, loyalty)
+    lines = tuple(line for d in outcome.discounts for line in _discount_lines(d, base.currency))
+    applied = tuple(
+        AppliedPromotion(d.source_id, d.label, Money(d.excl_minor, base.currency),
+                         Money(d.incl_minor, base.currency))
+        for d in outcome.discounts if d.source is DiscountSource.PROMOTION)
+    refused = tuple(c for c in checks if not c.eligible) + outcome.not_applied
+    return _Discounts(lines, applied, refused)
+
+
+def _discount_lines(discount: Discount, currency: Currency) -> list[PriceLine]:
+    kind, code = ((LineKind.PROMOTION, LineCode.PROMOTION)
+                  if discount.source is DiscountSource.PROMOTION
+                  else (LineKind.LOYALTY, LineCode.LOYALTY))
+    several = len(discount.parts) > 1
+    return [
+        PriceLine(kind, code,
+                  f"{discount.label}{_vat_suffix(part.vat_percent) if several else ''}",
+                  Money(-part.excl_minor, currency), Money(-part.incl_minor, currency),
+                  part.vat_percent, source_id=discount.source_id)
+        for part in discount.parts
+    ]
+
+
+def _vat_suffix(vat: Decimal | None) -> str:
+    return " (no VAT)" if vat is None else f" (VAT {vat.normalize():f}%)"
+
+
+# -- step 4: totals -------------------------------------------------------------------------------
+
+
+def vat_summary(lines: Iterable[PriceLine], currency: Currency) -> tuple[VatLine, ...]:
+    """Per VAT rate: exact sums of the lines' rounded amounts (informational lines out)."""
+    groups: dict[Decimal | None, list[PriceLine]] = {}
+    for line in lines:
+        if line.kind is not LineKind.PLAN_BENEFIT:
+            groups.setdefault(line.vat_percent, []).append(line)
+    out: list[VatLine] = []
+    for vat in sorted(groups, key=lambda v: (v is None, v or Decimal(0))):
+        excl = money_sum([line.amount_excl_vat for line in groups[vat]], currency)
+        incl = money_sum([line.amount_incl_vat for line in groups[vat]], currency)
+        out.append(VatLine(vat, excl, incl - excl, incl))
+    return tuple(out)
+
+
+def _totals(lines: Sequence[PriceLine], currency: Currency) -> tuple[Money, Money]:
+    return (money_sum([line.amount_excl_vat for line in lines], currency),
+            money_sum([line.amount_incl_vat for line in lines], currency))
+
+
+# -- the pipeline ---------------------------------------------------------------------------------
+
+
+def session_start_ms(session: SessionFacts) -> int:
+    """The session's start: the CDR's start, else its first period's."""
+    if session.start_epoch_ms is not None:
+        return session.start_epoch_ms
+    if session.periods:
+        return session.periods[0].start_epoch_ms
+    raise SessionStartUnknownError("a session without periods needs its start time")
+
+
+def session_energy_milliwh(session: SessionFacts) -> int:
+    """Energy charged (exported energy counts 0), which is what uses up an allowance."""
+    return sum(max(0, p.energy_milliwh) for p in session.periods if not p.is_reservation)
+
+
+def _checked_usage(plan: Plan, usage: PlanUsage | None, started_at: dt.datetime
+                   ) -> PlanUsage | None:
+    if usage is None:
+        if plan.kind in (PlanKind.SUBSCRIPTION, PlanKind.FLAT_RATE):
+            raise PlanUsageRequiredError(f"a {plan.kind.value} plan needs the period's usage")
+        return None
+    if usage.plan_id != plan.id:
+        raise PlanUsageMismatchError(f"the usage record is for plan {usage.plan_id}, "
+                                     f"not {plan.id}")
+    if not usage.contains(started_at):
+        raise PlanUsageMismatchError(
+            f"the session started at {started_at.isoformat()}, outside the usage period "
+            f"{usage.period_start_at.isoformat()} - {usage.period_end_at.isoformat()}")
+    return usage
+
+
+def price_session(request: PricingRequest) -> PricedSession:
+    """Price a session (so far, or complete) under a plan: rating, plan coverage, promotions
+    and loyalty, amounts (module doc)."""
+    plan, session = request.plan, request.session
+    tariff = request.tariffs.for_plan(plan)
+    started_at = from_epoch_ms(session_start_ms(session))
+    usage = _checked_usage(plan, request.usage, started_at)
+    cur = tariff.currency
+
+    rated = request.rated if request.rated is not None else rate(tariff, session)
+    require(rated.currency == cur, "the session was rated with the plan's tariff")
+    pieces = _pieces(rated)
+    allowance = usage.energy_remaining_milliwh if usage is not None else 0
+    coverage = _cover(session.periods, pieces, allowance, plan.waive_flat_fee)
+    if not coverage.covered_any and rated.price_bound is None:
+        _check_against_rating(coverage, rated)
+
+    charges = _charge_lines(coverage.charged, plan, tariff)
+    bounds = _bound_lines(_bound_delta(tariff, rated, coverage), charges, tariff)
+    benefits = _benefit_lines(coverage, plan, cur)
+    base = _discount_base([*charges, *bounds], cur)
+    discounts = _apply_discounts(
+        base, request.promotions, request.promotion_context, plan=plan, at=started_at,
+        time_zone=session.time_zone, purpose=Purpose.SESSION, loyalty=request.loyalty_tier)
+
+    lines = (*charges, *benefits, *bounds, *discounts.lines)
+    total_excl, total_incl = _totals(lines, cur)
+    energy = session_energy_milliwh(session)
+    return PricedSession(
+        plan_id=plan.id, tariff_id=tariff.id, currency=cur, lines=lines,
+        total_excl_vat=total_excl, total_incl_vat=total_incl, vat_summary=vat_summary(lines, cur),
+        applied_promotions=discounts.applied, refused_promotions=discounts.refused,
+        loyalty_tier=request.loyalty_tier.name if request.loyalty_tier is not None else None,
+        energy_milliwh=energy, energy_covered_milliwh=coverage.energy_covered_milliwh,
+        usage_after=usage.with_energy(energy) if usage is not None else None,
+        warnings=rated.warnings, rated=rated,
+    )
+
+
+def _check_against_rating(coverage: _Coverage, rated: RatedSession) -> None:
+    """Nothing covered, nothing bounded: our exact pieces must add up to the engine's total."""
+    excl, incl = _exact_total(coverage.charged)
+    require(excl == Fraction(rated.total_cost_exact.excl, MONEY_DENOMINATOR)
+            and incl == Fraction(rated.total_cost_exact.incl, MONEY_DENOMINATOR * VAT_SCALE),
+            "the priced breakdown adds up to the rating engine's exact total")
+
+
+def price_plan_fee(plan: Plan, *, at: dt.datetime, time_zone: str, fee_minor: int | None = None,
+                   promotions: Sequence[Promotion] = (),
+                   promotion_context: PromotionContext | None = None,
+                   description: str | None = None) -> PricedFee:
+    """A plan's period fee (default: the full fee; or e.g. ``PlanChange.charge_minor``) with
+    VAT and plan-fee promotions (``percent_off_plan_fee``), due at ``at``."""
+    fee = plan.fee_minor if fee_minor is None else fee_minor
+    require(type(fee) is int and fee >= 0, "a fee is a non-negative int")
+    cur = plan.currency
+    line = PriceLine(LineKind.PLAN_FEE, LineCode.PLAN_FEE, description or f"{plan.name} fee",
+                     Money(fee, cur), plan.fee_incl_vat(fee), plan.fee_vat_percent,
+                     source_id=plan.id)
+    base = _discount_base([line], cur)
+    discounts = _apply_discounts(base, promotions, promotion_context, plan=plan, at=at,
+                                 time_zone=time_zone, purpose=Purpose.PLAN_FEE, loyalty=None)
+    lines = (line, *discounts.lines)
+    total_excl, total_incl = _totals(lines, cur)
+    return PricedFee(plan.id, cur, lines, total_excl, total_incl, vat_summary(lines, cur),
+                     discounts.applied, discounts.refused)
+
+
+# -- plan advisor ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlanOption:
+    plan: Plan
+    tariffs: PlanTariffs
+
+
+@dataclass(frozen=True, slots=True)
+class SessionHistory:
+    """A driver's sessions in a window (e.g. the last 90 days), with the driver's zone for
+    billing periods."""
+
+    sessions: tuple[SessionFacts, ...]
+    window_start_at: dt.datetime
+    window_end_at: dt.datetime  # exclusive
+    time_zone: str
+
+    def __post_init__(self) -> None:
+        require(self.window_start_at.tzinfo is not None and self.window_end_at.tzinfo is not None,
+                "history windows are timezone-aware")
+        zone(self.time_zone)
+        if not self.window_start_at < self.window_end_at:
+            raise SessionOutsideWindowError("the window must end after it starts")
+        if self.window_end_at - self.window_start_at > dt.timedelta(days=MAX_ADVISOR_WINDOW_DAYS):
+            raise SessionOutsideWindowError(
+                f"a window spans at most {MAX_ADVISOR_WINDOW_DAYS} days")
+        if len(self.sessions) > MAX_ADVISOR_SESSIONS:
+            raise SessionOutsideWindowError(f"at most {MAX_ADVISOR_SESSIONS} sessions")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageProfile:
+    """A typed usage profile: one month of evenly spread sessions like this.
+
+    Sessions start at ``start_hour_local`` on days spread evenly over ``month`` (any date in
+    it), each charging ``energy_milliwh_per_month / sessions_per_month`` (largest-remainder
+    split) during ``charging_minutes_avg`` and then idling ``idle_minutes_avg``.
+    """
+
+    energy_milliwh_per_month: int
+    sessions_per_month: int
+    charging_minutes_avg: int
+    idle_minutes_avg: int
+    start_hour_local: int
+    month: dt.date
+    time_zone: str
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("energy_milliwh_per_month", self.energy_milliwh_per_month, 0,
+             MAX_PROFILE_ENERGY_MILLIWH),
+            ("sessions_per_month", self.sessions_per_month, 0, MAX_PROFILE_SESSIONS_PER_MONTH),
+            ("charging_minutes_avg", self.charging_minutes_avg, 0, MAX_PROFILE_MINUTES),
+            ("idle_minutes_avg", self.idle_minutes_avg, 0, MAX_PROFILE_MINUTES),
+            ("start_hour_local", self.start_hour_local, 0, 23),
+        )
+        for name, value, low, high in checks:
+            if type(value) is not int or not low <= value <= high:
+                raise InvalidUsageProfileError(name, f"must be an integer from {low} to {high}")
+        if self.energy_milliwh_per_month and not self.sessions_per_month:
+            raise InvalidUsageProfileError("sessions_per_month", "energy needs sessions")
+        zone(self.time_zone)
+
+    def to_history(self) -> SessionHistory:
+        first, following = period_dates(BillingPeriod.MONTH, self.month)
+        days = (following - first).days
+        n = self.sessions_per_month
+        energies = allocate(self.energy_milliwh_per_month, [1] * n) if n else []
+        sessions = tuple(self._session(first + dt.timedelta(days=i * days // n), energy)
+                         for i, energy in enumerate(energies))
+        return SessionHistory(sessions, local_midnight(first, self.time_zone),
+                              local_midnight(following, self.time_zone), self.time_zone)
+
+    def _session(self, day: dt.date, energy_milliwh: int) -> SessionFacts:
+        local = dt.datetime.combine(day, dt.time(self.start_hour_local),
+                                    tzinfo=zone(self.time_zone))
+        start = epoch_ms(local)
+        charging_ms = self.charging_minutes_avg * 60_000
+        idle_ms = self.idle_minutes_avg * 60_000
+        periods = [ChargingPeriod(start, energy_milliwh=energy_milliwh, time_ms=charging_ms)]
+        if idle_ms:
+            periods.append(ChargingPeriod(start + charging_ms, parking_ms=idle_ms))
+        return SessionFacts(tuple(periods), self.time_zone, start, start + charging_ms + idle_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodCost:
+    """One billing period (or the part of it inside the window) under a plan."""
+
+    period_start_at: dt.datetime
+    period_end_at: dt.datetime
+    days_in_period: int
+    days_in_window: int
+    fee_excl_vat: Money  # pro rata by days in the window (money.allocate)
+    fee_incl_vat: Money
+    energy_allowance_milliwh: int  # pro rata the same way
+    energy_used_milliwh: int
+    sessions: int
+    sessions_excl_vat: Money
+    sessions_incl_vat: Money
+
+
+@dataclass(frozen=True, slots=True)
+class BreakdownItem:
+    """All lines of one code summed over the window (fees, energy, idle, included energy ...)."""
+
+    kind: LineKind
+    code: LineCode
+    quantity: int | None
+    amount_excl_vat: Money
+    amount_incl_vat: Money
+
+
+@dataclass(frozen=True, slots=True)
+class PlanCost:
+    plan_id: str
+    plan_name: str
+    kind: PlanKind
+    total_excl_vat: Money
+    total_incl_vat: Money
+    fees_excl_vat: Money
+    fees_incl_vat: Money
+    sessions_excl_vat: Money
+    sessions_incl_vat: Money
+    energy_milliwh: int
+    energy_covered_milliwh: int
+    sessions: int
+    periods: tuple[PeriodCost, ...]
+    breakdown: tuple[BreakdownItem, ...]
+
+
+def advise_plans(options: Sequence[PlanOption], usage: SessionHistory | UsageProfile
+                 ) -> list[PlanCost]:
+    """The cost of ``usage`` under every option, cheapest (incl. VAT) first; ties by plan id.
+
+    Period fees and allowances are pro rata for periods the window only partly covers (the
+    switching rule of ``plans.plan_change``); sessions use up allowances in time order. List
+    prices: promotions and loyalty are not part of the comparison.
+    """
+    require(len(options) <= MAX_ADVISOR_OPTIONS, "too many plans to compare")
+    if len({o.plan.currency for o in options}) > 1:
+        raise CurrencyMismatchError("plans compared with each other share a currency")
+    history = usage.to_history() if isinstance(usage, UsageProfile) else usage
+    costs = [_plan_cost(option, history) for option in options]
+    return sorted(costs, key=lambda c: (c.total_incl_vat.amount_minor,
+                                        c.total_excl_vat.amount_minor, c.plan_id))
+
+
+@dataclass(frozen=True, slots=True)
+class _Slice:
+    start_at: dt.datetime
+    end_at: dt.datetime
+    days_in_period: int
+    days_in_window: int
+
+
+def _slices(period: BillingPeriod, history: SessionHistory) -> list[_Slice]:
+    """The plan's billing periods the window touches, with the local days of each inside it."""
+    tz = history.time_zone
+    first = local_date(history.window_start_at, tz)
+    last = local_date(history.window_end_at - dt.timedelta(milliseconds=1), tz)
+    out: list[_Slice] = []
+    day = first
+    while day <= last:
+        start, following = period_dates(period, day)
+        inside = (min(following, last + dt.timedelta(days=1)) - max(start, first)).days
+        out.append(_Slice(local_midnight(start, tz), local_midnight(following, tz),
+                          (following - start).days, inside))
+        day = following
+    return out
+
+
+def _plan_cost(option: PlanOption, history: SessionHistory) -> PlanCost:
+    plan = option.plan
+    slices = _slices(plan.period, history)
+    usages = [PlanUsage(plan.id, s.start_at, s.end_at,
+                        _pro_rata(plan.energy_allowance_milliwh, s)) for s in slices]
+    priced: list[list[PricedSession]] = [[] for _ in slices]
+    for session in sorted(history.sessions, key=session_start_ms):
+        k = _slice_of(session, slices, history)
+        result = price_session(PricingRequest(session, plan, option.tariffs, usage=usages[k]))
+        priced[k].append(result)
+        usages[k] = result.usage_after or usages[k]
+    periods = tuple(_period_cost(plan, s, u, p) for s, u, p in zip(slices, usages, priced,
+                                                                     strict=True))
+    return _summarise(plan, periods, [r for group in priced for r in group])
+
+
+def _pro_rata(whole: int, s: _Slice) -> int:
+    return allocate(whole, [s.days_in_window, s.days_in_period - s.days_in_window])[0]
+
+
+def _slice_of(session: SessionFacts, slices: Sequence[_Slice], history: SessionHistory) -> int:
+    started_at = from_epoch_ms(session_start_ms(session))
+    if history.window_start_at <= started_at < history.window_end_at:
+        for k, s in enumerate(slices):
+            if s.start_at <= started_at < s.end_at:
+                return k
+    raise SessionOutsideWindowError(
+        f"a session starting at {started_at.isoformat()} is outside the window")
+
+
+def _period_cost(plan: Plan, s: _Slice, usage: PlanUsage, sessions: Sequence[PricedSession]
+                 ) -> PeriodCost:
+    cur = plan.currency
+    fee = _pro_rata(plan.fee_minor, s)
+    return PeriodCost(
+        period_start_at=s.start_at, period_end_at=s.end_at, days_in_period=s.days_in_period,
+        days_in_window=s.days_in_window, fee_excl_vat=Money(fee, cur),
+        fee_incl_vat=plan.fee_incl_vat(fee),
+        energy_allowance_milliwh=usage.energy_allowance_milliwh,
+        energy_used_milliwh=usage.energy_used_milliwh, sessions=len(sessions),
+        sessions_excl_vat=money_sum([r.total_excl_vat for r in sessions], cur),
+        sessions_incl_vat=money_sum([r.total_incl_vat for r in sessions], cur),
+    )
+
+
+def _summarise(plan: Plan, periods: Sequence[PeriodCost], sessions: Sequence[PricedSession]
+               ) -> PlanCost:
+    cur = plan.currency
+    fees_excl = money_sum([p.fee_excl_vat for p in periods], cur)
+    fees_incl = money_sum([p.fee_incl_vat for p in periods], cur)
+    sessions_excl = money_sum([p.sessions_excl_vat for p in periods], cur)
+    sessions_incl = money_sum([p.sessions_incl_vat for p in periods], cur)
+    return PlanCost(
+        plan_id=plan.id, plan_name=plan.name, kind=plan.kind,
+        total_excl_vat=fees_excl + sessions_excl, total_incl_vat=fees_incl + sessions_incl,
+        fees_excl_vat=fees_excl, fees_incl_vat=fees_incl,
+        sessions_excl_vat=sessions_excl, sessions_incl_vat=sessions_incl,
+        energy_milliwh=sum(r.energy_milliwh for r in sessions),
+        energy_covered_milliwh=sum(r.energy_covered_milliwh for r in sessions),
+        sessions=len(sessions), periods=tuple(periods),
+        breakdown=_breakdown(fees_excl, fees_incl, sessions, cur),
+    )
+
+
+def _breakdown(fees_excl: Money, fees_incl: Money, sessions: Sequence[PricedSession],
+               currency: Currency) -> tuple[BreakdownItem, ...]:
+    items: dict[tuple[LineKind, LineCode], BreakdownItem] = {}
+    if fees_incl.amount_minor or fees_excl.amount_minor:
+        items[(LineKind.PLAN_FEE, LineCode.PLAN_FEE)] = BreakdownItem(
+            LineKind.PLAN_FEE, LineCode.PLAN_FEE, None, fees_excl, fees_incl)
+    for line in (line for r in sessions for line in r.lines):
+        key = (line.kind, line.code)
+        item = items.get(key) or BreakdownItem(line.kind, line.code, None,
+                                               Money.zero(currency), Money.zero(currency))
+        quantity = (None if line.quantity is None
+                    else (item.quantity or 0) + line.quantity)
+        items[key] = BreakdownItem(line.kind, line.code, quantity,
+                                   item.amount_excl_vat + line.amount_excl_vat,
+                                   item.amount_incl_vat + line.amount_incl_vat)
+    return tuple(items.values())
