@@ -67,6 +67,9 @@ POLICY = {
     "driver-plans": Policy(read=EVERYONE, write=STAFF | {"driver"}, driver_owned=True),
     "plan-advisor": Policy(read=EVERYONE, write=frozenset()),
     "sessions": Policy(read=EVERYONE, write=STAFF | {"driver"}, driver_owned=True),
+    "notifications": Policy(read=EVERYONE, write=EVERYONE, driver_owned=True),
+    "notification-rules": Policy(read=EVERYONE, write=STAFF | {"driver"}, driver_owned=True),
+    "webhook-endpoints": Policy(read=STAFF, write=STAFF),
     "me": Policy(read=EVERYONE, write=EVERYONE),  # who am I, log out
     "public": Policy(read=frozenset(), write=frozenset()),  # log in: tested in test_api_access
 }
@@ -94,6 +97,8 @@ class Route:
     #: the answer an allowed caller gets when the business outcome is not a 2xx (e.g. a remote
     #: stop with no charger connected: 409); None = any 2xx
     allowed_status: int | None = None
+    #: query parameters for every call (e.g. to end a stream)
+    params: dict[str, Any] | None = None
 
 
 SIMPLE_TARIFF = {"country_code": "DE", "party_id": "EVB", "id": "m", "currency": "EUR",
@@ -192,6 +197,25 @@ ROUTES: dict[tuple[str, str], Route] = {
         Route("sessions", WRITE, lambda w: {"cap_minor": 1500, "cap_kwh": "20"}),
     ("POST", "/api/v1/sessions/{session_id}/stop"): Route("sessions", WRITE,
                                                           allowed_status=409),
+    ("GET", "/api/v1/sessions/{session_id}/live"): Route("sessions", READ,
+                                                         params={"max_events": 1}),
+    ("GET", "/api/v1/notifications"): Route("notifications", READ),
+    ("GET", "/api/v1/notifications/{row_id}"): Route("notifications", READ),
+    ("POST", "/api/v1/notifications/{row_id}/read"): Route("notifications", WRITE),
+    ("GET", "/api/v1/notification-rules"): Route("notification-rules", READ),
+    ("POST", "/api/v1/notification-rules"): Route("notification-rules", WRITE, lambda w: {
+        "event": "session.cost_threshold", "amount_minor": 500, "channels": ["in_app"]}),
+    ("GET", "/api/v1/notification-rules/{row_id}"): Route("notification-rules", READ),
+    ("PATCH", "/api/v1/notification-rules/{row_id}"): Route("notification-rules", WRITE,
+                                                            lambda w: {"active": False}),
+    ("DELETE", "/api/v1/notification-rules/{row_id}"): Route("notification-rules", WRITE),
+    ("GET", "/api/v1/webhook-endpoints"): Route("webhook-endpoints", READ),
+    ("POST", "/api/v1/webhook-endpoints"): Route("webhook-endpoints", WRITE, lambda w: {
+        "url": "https://example.com/hooks"}),
+    ("GET", "/api/v1/webhook-endpoints/{row_id}"): Route("webhook-endpoints", READ),
+    ("PATCH", "/api/v1/webhook-endpoints/{row_id}"): Route("webhook-endpoints", WRITE,
+                                                           lambda w: {"active": False}),
+    ("DELETE", "/api/v1/webhook-endpoints/{row_id}"): Route("webhook-endpoints", WRITE),
     ("GET", "/api/v1/me"): Route("me", READ),
     ("POST", "/api/v1/auth/logout"): Route("me", WRITE),
     ("POST", "/api/v1/auth/login"): Route("public", WRITE),
@@ -283,6 +307,13 @@ def new_target(world: World, resource: str) -> tuple[dict[str, Any] | None, str 
         return None, None
     if resource == "sessions":
         return {"id": active_session(world, owner)}, owner
+    if resource == "notifications":
+        return {"id": notification(world, owner)}, owner
+    if resource == "notification-rules":
+        return home.admin.create(resource, {"event": "session.started", "driver_id": owner,
+                                            "channels": ["in_app", "email"]}), owner
+    if resource == "webhook-endpoints":
+        return home.admin.create(resource, {"url": "https://example.com/hooks"}), None
     if resource in CATALOG_BODIES:
         return home.admin.create(resource, CATALOG_BODIES[resource](world)), None
     return home.new(resource), None
@@ -297,6 +328,18 @@ def active_session(world: World, driver_id: str | None) -> str:
             site_id=world.quote_site_id, started_at=dt.datetime.now(dt.UTC), energy_milliwh=0,
             periods=[], currency="EUR", status="active", created_at=dt.datetime.now(dt.UTC)))
     return session_id
+
+
+def notification(world: World, driver_id: str | None) -> str:
+    """An in-app notification for ``driver_id`` (notifications come from events, not the API)."""
+    notification_id = new_id("ntf")
+    with write_transaction(world.engine) as conn:
+        conn.execute(insert(schema.notifications).values(
+            id=notification_id, operator_id=world.home.operator_id, driver_id=driver_id,
+            event="session.started", title="Charging started", body="Charging started.",
+            payload={"id": "evt_x", "type": "session.started", "created": 0, "data": {},
+                     "in_app": True}, created_at=dt.datetime.now(dt.UTC)))
+    return notification_id
 
 
 @pytest.fixture(scope="module")
@@ -370,6 +413,8 @@ def test_only_the_allowed_callers_get_a_2xx(world, shared_target, session_of, me
                                               version=1)
     # lists are sorted by id: start just before the target so it is on the first page
     params = {"limit": 100, "starting_after": target_id[:-1]} if is_list and target else None
+    if route.params:
+        params = {**(params or {}), **route.params}
 
     response = who.request(method, url, json=route.body(world) if route.body else None,
                            params=params)

@@ -14,7 +14,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from evbilling import __version__
 from evbilling.adapters.db.engine import make_engine, migrate
 from evbilling.bootstrap import wire_charging
-from evbilling.entrypoints.api import access, catalog, errors, quotes, sessions, tariffs
+from evbilling.entrypoints.api import (
+    access,
+    catalog,
+    errors,
+    notifications,
+    quotes,
+    sessions,
+    tariffs,
+)
 from evbilling.entrypoints.api.crud import build_router
 from evbilling.entrypoints.api.resources import resources
 from evbilling.entrypoints.ocpp import ConnectionRegistry, mount_ocpp
@@ -101,6 +109,7 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None,
     app.state.engine = engine
     app.state.background = []  # objects with async start() / stop(), in start order
     errors.install(app)
+    notifications.setup(app, engine)  # app.state.notifications: the charging service's sink
     service = wire_charging(app, engine)
     service.commands = registry = ConnectionRegistry()  # the service stops / shows cost via OCPP
     mount_ocpp(app, charging if charging is not None else service, registry, engine)
@@ -113,6 +122,7 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None,
     api.include_router(quotes.router)
     api.include_router(catalog.router)
     api.include_router(sessions.router)
+    api.include_router(notifications.router)
     for resource in resources():
         api.include_router(build_router(resource))
     app.include_router(api)
