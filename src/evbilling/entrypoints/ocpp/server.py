@@ -196,8 +196,9 @@ class OcppGateway:
         except Refusal as refusal:
             logger.warning("OCPP connection of %r from %s refused (%d): %s", identity[:60],
                            source_ip, refusal.status, refusal.reason)
-            await self._refuse(scope, send, refusal)
+            # audited first: when the charger learns of the refusal, the row is there
             await self._audit(identity, refusal.charger, "failure", source_ip, refusal.reason)
+            await self._refuse(scope, send, refusal)
             return
         await send({"type": "websocket.accept", "subprotocol": subprotocol})
         await self._serve(charger, receive, send, source_ip)
