@@ -20,9 +20,11 @@ class DiscardEvents:
 
 
 def wire_charging(app: Any, engine: Engine) -> ChargingService:
-    """Create the charging service for ``app`` (``app.state.charging``) and register it to
-    start and stop with the server."""
-    charging = ChargingService(engine, DiscardEvents(), writer=GroupCommitWriter(engine))
+    """Create the charging service for ``app`` (``app.state.charging``), publishing to the
+    notification service (``app.state.notifications``: live stream, rules, deliveries) when
+    there is one, and register it to start and stop with the server."""
+    sink = getattr(app.state, "notifications", None) or DiscardEvents()
+    charging = ChargingService(engine, sink, writer=GroupCommitWriter(engine))
     app.state.charging = charging
     app.state.background.append(charging)
     return charging
