@@ -214,6 +214,7 @@ class NotificationService:
         self._stopping = False
         self._busy = False
         self._saving = False
+        self._drop_logged_at = -1e9
         # counters (tests, metrics)
         self.published = 0
         self.dropped = 0
@@ -287,8 +288,10 @@ class NotificationService:
         if len(inbox) >= self.inbox_max:
             if type(event) is CostUpdated or len(inbox) >= self.inbox_max + INBOX_RESERVE:
                 self.dropped += 1
-                if self.dropped % 1000 == 1:
-                    logger.warning("notification queue full: %d events dropped", self.dropped)
+                if time.monotonic() >= self._drop_logged_at + 10:  # at most every 10 s
+                    self._drop_logged_at = time.monotonic()
+                    logger.warning("notification queue full: %d events dropped so far",
+                                   self.dropped)
                 return
         inbox.append(event)
         wake = self._wake

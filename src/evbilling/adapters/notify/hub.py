@@ -23,6 +23,7 @@ from evbilling.domain.notification_rules import event_data
 QUEUE_MAX = 256  # messages waiting per subscriber
 SUBSCRIBERS_MAX = 10_000  # per process
 PER_SESSION_MAX = 20  # a driver's phone, a dashboard, a few browser tabs
+_UTC_Z = orjson.OPT_UTC_Z
 
 
 class TooManySubscribersError(RuntimeError):
@@ -45,7 +46,8 @@ class LiveMessage:
 
     @staticmethod
     def of(event: Event) -> LiveMessage:
-        return LiveMessage(event.event_id, event.name, orjson.dumps(event_data(event)))
+        data = event_data(event, times_as_text=False)  # orjson writes times as event_data
+        return LiveMessage(event.event_id, event.name, orjson.dumps(data, option=_UTC_Z))
 
     @property
     def sse(self) -> bytes:
