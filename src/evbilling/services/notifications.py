@@ -39,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from evbilling.domain.events import CostUpdated, Event, IdleFeeSoon, SessionEnded, SessionEvent
 from evbilling.domain.notification_rules import (
@@ -53,6 +53,9 @@ from evbilling.domain.notification_rules import (
     evaluate,
     retry_delay_ms,
 )
+
+if TYPE_CHECKING:
+    from evbilling.services.ports import EventSink
 
 logger = logging.getLogger(__name__)
 
@@ -599,3 +602,8 @@ class DeliveryWorker:
                                             secret=delivery.webhook_secret,
                                             envelope=delivery.envelope)
         return SendResult(False, f"unknown channel {delivery.channel!r}", permanent=True)
+
+
+if TYPE_CHECKING:
+    def _is_an_event_sink(service: NotificationService) -> EventSink:
+        return service  # mypy checks that NotificationService implements ports.EventSink
