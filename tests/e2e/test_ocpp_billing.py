@@ -11,6 +11,7 @@ makes the remote stop arrive at the simulated charger.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import json
 import os
@@ -26,6 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from evbilling.adapters.db.documents import periods_from_document
 from evbilling.domain.periods import SessionFacts
@@ -221,3 +223,54 @@ def test_a_spending_cap_makes_the_remote_stop_arrive_at_the_charger(server: Serv
     assert names.count("session.cap_reached") == 1
     # stopped soon after the cap, long before the two hours planned
     assert 300 <= session["total_incl_vat_minor"] < 600
+
+
+async def replay_session(server: Server) -> tuple[list[Any], dict[str, Any]]:
+    """A 1.6 charger that delivers every transaction message three times (an offline queue
+    flushed more than once): start, meter values, stop."""
+    auth = base64.b64encode(f"DEMO-CP16-AMS:{DEMO_CHARGER_PASSWORD}".encode()).decode()
+    answers: list[Any] = []
+    counter = iter(range(1, 1000))
+
+    async with websockets.connect(f"{server.ocpp}/DEMO-CP16-AMS", subprotocols=["ocpp1.6"],
+                                  additional_headers={"Authorization": f"Basic {auth}"}) as ws:
+        async def call(action: str, payload: dict[str, Any]) -> Any:
+            await ws.send(json.dumps([2, f"m{next(counter)}", action, payload]))
+            while True:
+                message = json.loads(await ws.recv())
+                if message[0] in (3, 4):
+                    answers.append(message)
+                    return message
+                # a call from the central system (cost display): acknowledge it
+                await ws.send(json.dumps([3, message[1], {"status": "Accepted"}]))
+
+        await call("BootNotification", {"chargePointVendor": "T", "chargePointModel": "R"})
+        start = {"connectorId": 1, "idTag": CAROL, "meterStart": 5000,
+                 "timestamp": "2026-11-19T09:00:00Z"}
+        starts = [await call("StartTransaction", start) for _ in range(3)]
+        tx = starts[0][2]["transactionId"]
+        for minute in (10, 20, 30):
+            values = {"connectorId": 1, "transactionId": tx, "meterValue": [{
+                "timestamp": f"2026-11-19T09:{minute}:00Z", "sampledValue": [{
+                    "value": str(5000 + minute * 100), "measurand":
+                        "Energy.Active.Import.Register", "unit": "Wh"}]}]}
+            for _ in range(3):
+                await call("MeterValues", values)
+        stop = {"transactionId": tx, "meterStop": 8500, "timestamp": "2026-11-19T09:35:00Z",
+                "reason": "Local"}
+        stops = [await call("StopTransaction", stop) for _ in range(3)]
+    async with server.api() as api:
+        sessions = (await api.get("/sessions", params={"limit": 100})).json()["data"]
+    mine = [s for s in sessions if s["ocpp_transaction_id"] == str(tx)]
+    return [starts, stops, answers], {"sessions": mine}
+
+
+def test_transaction_messages_delivered_three_times_give_one_session_and_one_settlement(
+        server: Server):
+    (starts, stops, answers), found = asyncio.run(replay_session(server))
+    assert all(a[0] == 3 for a in answers), answers  # never a CALLERROR
+    assert len({s[2]["transactionId"] for s in starts}) == 1
+    assert len(found["sessions"]) == 1
+    session = found["sessions"][0]
+    assert session["status"] == "completed" and session["energy_kwh"] == "3.5"
+    assert session["total_incl_vat_minor"] > 0
