@@ -30,21 +30,24 @@ driver may choose, with period fees and allowances, and returns them cheapest fi
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from fractions import Fraction
+from functools import lru_cache
 
 from evbilling.domain.errors import CurrencyMismatchError, DomainError, InvalidDocumentError
 from evbilling.domain.invariants import require
 from evbilling.domain.money import (
+    DEFAULT_ROUNDING,
     Currency,
     Money,
+    RoundingMode,
     allocate,
     money_sum,
     round_exact_to_minor,
-    vat_factor,
+    round_rational,
 )
 from evbilling.domain.periods import (
     MILLIWH_PER_KWH,
@@ -83,10 +86,14 @@ from evbilling.domain.promotions import (
 from evbilling.domain.rating import (
     MONEY_DENOMINATOR,
     VAT_SCALE,
+    BilledQuantity,
     RatedDimension,
     RatedSession,
     bound_total,
+    money_factor,
+    price_decimal,
     rate,
+    vat_decimal,
 )
 from evbilling.domain.tariffs import Tariff
 from evbilling.domain.timezones import zone
@@ -291,7 +298,13 @@ class PricedFee:
     refused_promotions: tuple[PromotionCheck, ...]
 
 
-# -- step 1: rating, as exact pieces --------------------------------------------------------------
+# -- step 1: rating, as exact integers ------------------------------------------------------------
+#
+# Every amount below is an exact integer numerator: excl. VAT over MONEY_DENOMINATOR, incl. VAT
+# over MONEY_DENOMINATOR * VAT_SCALE, the rating engine's own scale (``docs/money.md``). A
+# quantity q of a dimension at price_micro costs price_micro * q * factor (excl.), times
+# VAT_SCALE + vat_bp (incl.): the rational unit price * q / per_unit, exactly, without a
+# ``Fraction`` per piece. Each line is rounded once, from its exact numerator (``_minor``).
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,73 +314,65 @@ class _Dimension:
     per_unit: int  # quantity units per priced unit (milliwh per kWh, ms per hour, 1)
     label: str
     category: Category
+    factor: int  # price_micro * quantity * factor = cost over MONEY_DENOMINATOR
 
 
 _ENERGY = _Dimension(LineCode.ENERGY, QuantityUnit.MILLIWH, MILLIWH_PER_KWH, "Energy",
-                     Category.ENERGY)
+                     Category.ENERGY, money_factor("ENERGY"))
 _DIMENSIONS: dict[str, _Dimension] = {
     "ENERGY": _ENERGY,
     "TIME": _Dimension(LineCode.CHARGING_TIME, QuantityUnit.MS, MS_PER_HOUR, "Charging time",
-                       Category.CHARGING_TIME),
+                       Category.CHARGING_TIME, money_factor("TIME")),
     "PARKING_TIME": _Dimension(LineCode.IDLE_TIME, QuantityUnit.MS, MS_PER_HOUR, "Idle time",
-                               Category.IDLE_TIME),
+                               Category.IDLE_TIME, money_factor("PARKING_TIME")),
     "RESERVATION_TIME": _Dimension(LineCode.RESERVATION, QuantityUnit.MS, MS_PER_HOUR,
-                                   "Reservation", Category.RESERVATION),
+                                   "Reservation", Category.RESERVATION,
+                                   money_factor("RESERVATION_TIME")),
     "FLAT": _Dimension(LineCode.SESSION_FEE, QuantityUnit.SESSION, 1, "Session fee",
-                       Category.SESSION_FEE),
+                       Category.SESSION_FEE, money_factor("FLAT")),
 }
 _RESERVATION_FEE = _Dimension(LineCode.RESERVATION_FEE, QuantityUnit.SESSION, 1,
-                              "Reservation fee", Category.RESERVATION)
+                              "Reservation fee", Category.RESERVATION, money_factor("FLAT"))
 _BY_CODE = {d.code: d for d in (*_DIMENSIONS.values(), _RESERVATION_FEE)}
 _COVERABLE = frozenset({LineCode.ENERGY, LineCode.CHARGING_TIME})
+_INCL_DENOMINATOR = MONEY_DENOMINATOR * VAT_SCALE
+
+#: A charge line's identity: dimension, unit price and VAT rate (basis points; None = no VAT).
+_Key = tuple[LineCode, int, int | None]
 
 
-@dataclass(frozen=True, slots=True)
-class _Piece:
-    """One priced dimension of one period: billed quantity (incl. any step-size extra) at an
-    exact unit price."""
+def _dimension(q: BilledQuantity) -> _Dimension:
+    return _RESERVATION_FEE if q.reservation_fee else _DIMENSIONS[q.kind]
+
+
+@dataclass(slots=True)
+class _Group:
+    """What becomes one charge line: a dimension at one unit price and VAT rate, with the
+    quantity charged (after plan coverage)."""
 
     dimension: _Dimension
+    price_micro: int
+    vat_bp: int | None
     quantity: int
-    unit_price: Decimal
-    vat_percent: Decimal | None
 
     @property
-    def excl(self) -> Fraction:
-        return Fraction(self.unit_price) * self.quantity / self.dimension.per_unit
+    def excl(self) -> int:
+        """Exact, over MONEY_DENOMINATOR."""
+        return self.price_micro * self.quantity * self.dimension.factor
 
     @property
-    def incl(self) -> Fraction:
-        return self.excl * Fraction(vat_factor(self.vat_percent))
+    def incl(self) -> int:
+        """Exact, over MONEY_DENOMINATOR * VAT_SCALE."""
+        return self.excl * (VAT_SCALE + (self.vat_bp or 0))
 
 
-def _pieces(rated: RatedSession) -> list[list[_Piece]]:
-    """The rating breakdown as exact pieces, one list per period (unpriced dimensions out)."""
-    out: list[list[_Piece]] = []
-    for period in rated.periods():
-        reserved = any(d.type == "RESERVATION_TIME" for d in period.dimensions)
-        pieces: list[_Piece] = []
-        for d in period.dimensions:
-            if d.element_index is None or d.price is None:
-                continue
-            dim = _RESERVATION_FEE if (reserved and d.type == "FLAT") else _DIMENSIONS[d.type]
-            pieces.append(_Piece(dim, _billed_units(d, dim.per_unit), d.price, d.vat))
-        out.append(pieces)
-    return out
-
-
-def _billed_units(d: RatedDimension, per_unit: int) -> int:
-    """The billed quantity as an integer of our scale. The breakdown reports hours at 12
-    decimals, within 3.6e-6 ms of a whole ms, so the nearest integer is the exact quantity."""
-    scaled = d.billed_volume * per_unit
-    units = scaled.to_integral_value(rounding=ROUND_HALF_UP)
-    require(abs(scaled - units) < Decimal("0.001"), "billed volumes are whole units")
-    return int(units)
-
-
-def _exact_total(pieces: Iterable[_Piece]) -> tuple[Fraction, Fraction]:
-    items = list(pieces)
-    return (sum((p.excl for p in items), Fraction(0)), sum((p.incl for p in items), Fraction(0)))
+def _exact_total(groups: Iterable[_Group]) -> tuple[int, int]:
+    excl = incl = 0
+    for g in groups:
+        x = g.excl
+        excl += x
+        incl += x * (VAT_SCALE + (g.vat_bp or 0))
+    return excl, incl
 
 
 # -- step 2: plan coverage ------------------------------------------------------------------------
@@ -375,8 +380,10 @@ def _exact_total(pieces: Iterable[_Piece]) -> tuple[Fraction, Fraction]:
 
 @dataclass(frozen=True, slots=True)
 class _Coverage:
-    charged: tuple[_Piece, ...]
-    waived: tuple[_Piece, ...]
+    #: The charge lines in the making, in line order: by dimension, then by the first period
+    #: that used the price (as a walk over the periods meets them).
+    charged: dict[_Key, _Group]
+    waived: tuple[BilledQuantity, ...]  # the FLAT session fee, when the plan waives it
     energy_covered_milliwh: int
     time_covered_ms: int
 
@@ -384,35 +391,70 @@ class _Coverage:
     def covered_any(self) -> bool:
         return bool(self.waived) or self.energy_covered_milliwh > 0 or self.time_covered_ms > 0
 
-    @property
-    def has_charged_quantity(self) -> bool:
-        return any(p.quantity != 0 for p in self.charged)
 
-
-def _cover(periods: Sequence[ChargingPeriod], pieces: Sequence[Sequence[_Piece]],
-           allowance_milliwh: int, waive_flat_fee: bool) -> _Coverage:
+def _cover(periods: Sequence[ChargingPeriod], rated: RatedSession, allowance_milliwh: int,
+           waive_flat_fee: bool) -> _Coverage:
     """Walk the periods in order, covering energy and charging time while the allowance lasts
-    (module doc, step 2)."""
+    (module doc, step 2).
+
+    The charged quantities start from the rater's per-element sums (``RatedSession.billed``,
+    O(tariff elements)); only the periods the allowance reaches are visited one by one, to
+    take off what it covers (``q * a // e`` per piece, as a walk over every piece would)."""
+    charged: dict[_Key, _Group] = {}
+    waived: list[BilledQuantity] = []
+    for q in rated.billed():
+        dim = _dimension(q)
+        if dim.code is LineCode.SESSION_FEE and waive_flat_fee:
+            waived.append(q)
+            continue
+        key = (dim.code, q.price_micro, q.vat_bp)
+        group = charged.get(key)
+        if group is None:
+            charged[key] = _Group(dim, q.price_micro, q.vat_bp, q.quantity)
+        else:
+            group.quantity += q.quantity
     remaining = allowance_milliwh
-    charged: list[_Piece] = []
-    waived: list[_Piece] = []
     energy_covered = time_covered = 0
-    for period, period_pieces in zip(periods, pieces, strict=True):
+    if remaining > 0:
+        for period, pieces in zip(periods, rated.billed_by_period(), strict=False):
+            if remaining <= 0:
+                break  # nothing covered from here on
+            covered, whole = _covered_share(period, remaining)
+            if period.energy_milliwh > 0 and not period.is_reservation:
+                energy_covered += covered
+                remaining -= covered
+            if not covered:
+                continue
+            for q in pieces:
+                dim = _dimension(q)
+                if dim.code in _COVERABLE:
+                    covered_units = q.quantity * covered // whole
+                    charged[(dim.code, q.price_micro, q.vat_bp)].quantity -= covered_units
+                    if dim.code is LineCode.CHARGING_TIME:
+                        time_covered += covered_units
+    return _Coverage(charged, tuple(waived), energy_covered, time_covered)
+
+
+def _has_charged_quantity(periods: Sequence[ChargingPeriod], rated: RatedSession,
+                          allowance_milliwh: int, waive_flat_fee: bool) -> bool:
+    """Whether any period's priced dimension is left with a quantity after coverage (a walk
+    over every period; only asked when a plan covered something and the tariff has a min or
+    max price)."""
+    remaining = allowance_milliwh
+    for period, pieces in zip(periods, rated.billed_by_period(), strict=True):
         covered, whole = _covered_share(period, remaining)
         if period.energy_milliwh > 0 and not period.is_reservation:
-            energy_covered += covered
             remaining -= covered
-        for piece in period_pieces:
-            if piece.dimension.code is LineCode.SESSION_FEE and waive_flat_fee:
-                waived.append(piece)
-            elif piece.dimension.code in _COVERABLE and covered:
-                covered_units = piece.quantity * covered // whole
-                charged.append(replace(piece, quantity=piece.quantity - covered_units))
-                if piece.dimension.code is LineCode.CHARGING_TIME:
-                    time_covered += covered_units
-            else:
-                charged.append(piece)
-    return _Coverage(tuple(charged), tuple(waived), energy_covered, time_covered)
+        for q in pieces:
+            dim = _dimension(q)
+            if dim.code is LineCode.SESSION_FEE and waive_flat_fee:
+                continue
+            left = q.quantity
+            if dim.code in _COVERABLE and covered:
+                left -= left * covered // whole
+            if left != 0:
+                return True
+    return False
 
 
 def _covered_share(period: ChargingPeriod, remaining_milliwh: int) -> tuple[int, int]:
@@ -426,16 +468,72 @@ def _covered_share(period: ChargingPeriod, remaining_milliwh: int) -> tuple[int,
     return min(remaining_milliwh, period.energy_milliwh), period.energy_milliwh
 
 
+# -- invariants -----------------------------------------------------------------------------------
+
+
+def _check_against_rating(coverage: _Coverage, rated: RatedSession) -> None:
+    """Nothing covered, nothing bounded: the charged amounts add up to the engine's exact
+    total."""
+    excl, incl = _exact_total(coverage.charged.values())
+    require(excl == rated.total_cost_exact.excl and incl == rated.total_cost_exact.incl,
+            "the priced breakdown adds up to the rating engine's exact total")
+
+
+def _check_against_breakdown(rated: RatedSession) -> None:
+    """The per-element sums the lines are made from (``RatedSession.billed``) are what the
+    per-period breakdown (``RatedSession.periods``, a separate walk in ``Decimal``s) bills:
+    the same unit prices and VAT rates, in the same order, with the same quantities.
+    O(periods): run where a session is priced from scratch (settlement, quotes, the
+    advisor), not on every live meter sample."""
+    from_periods: dict[tuple[LineCode, Decimal, Decimal | None], int] = {}
+    for period in rated.periods():
+        reserved = any(d.type == "RESERVATION_TIME" for d in period.dimensions)
+        for d in period.dimensions:
+            if d.element_index is None or d.price is None:
+                continue
+            dim = _RESERVATION_FEE if (reserved and d.type == "FLAT") else _DIMENSIONS[d.type]
+            key = (dim.code, d.price, d.vat)
+            from_periods[key] = from_periods.get(key, 0) + _billed_units(d, dim.per_unit)
+    from_sums: dict[tuple[LineCode, Decimal, Decimal | None], int] = {}
+    for q in rated.billed():
+        key = (_dimension(q).code, q.price, q.vat)
+        from_sums[key] = from_sums.get(key, 0) + q.quantity
+    order = list(_BY_CODE)
+    require(list(from_sums.items())
+            == sorted(from_periods.items(), key=lambda kv: order.index(kv[0][0])),
+            "the per-element sums bill what the per-period breakdown bills")
+
+
+def _billed_units(d: RatedDimension, per_unit: int) -> int:
+    """The billed quantity as an integer of our scale. The breakdown reports hours at 12
+    decimals, within 3.6e-6 ms of a whole ms, so the nearest integer is the exact quantity."""
+    scaled = d.billed_volume * per_unit
+    units = scaled.to_integral_value(rounding=ROUND_HALF_UP)
+    require(abs(scaled - units) < Decimal("0.001"), "billed volumes are whole units")
+    return int(units)
+
+
 # -- lines ----------------------------------------------------------------------------------------
 
 
-def _money(value: Fraction, currency: Currency) -> Money:
-    return Money(round_exact_to_minor(value, currency), currency)
+def _minor(numerator: int, denominator: int, currency: Currency) -> int:
+    """``numerator / denominator`` major units rounded once to minor units with the rounding
+    policy. For the default (HALF_UP) that is ``money.round_rational`` of the exact amount in
+    minor units: the same answer as ``round_exact_to_minor`` without its 1000-digit
+    division."""
+    if DEFAULT_ROUNDING is RoundingMode.HALF_UP:
+        return round_rational(Fraction(numerator * currency.minor_per_major, denominator))
+    return round_exact_to_minor(Fraction(numerator, denominator), currency)
 
 
 def _price_text(price: Decimal, currency: Currency) -> str:
+    return _price_text_cached(price, currency.code)
+
+
+@lru_cache(maxsize=1024)
+def _price_text_cached(price: Decimal, currency_code: str) -> str:
     text = f"{price:.2f}" if price == price.quantize(Decimal("0.01")) else f"{price.normalize():f}"
-    return f"{text} {currency}"
+    return f"{text} {currency_code}"
 
 
 def duration_text(ms: int) -> str:
@@ -453,31 +551,31 @@ def _quantity_text(dim: _Dimension, quantity: int) -> str:
 
 
 _TARIFF_NOTE = {PlanKind.SUBSCRIPTION: ", member tariff", PlanKind.FLAT_RATE: ", fallback tariff"}
+_PER_UNIT_TEXT = {QuantityUnit.MILLIWH: "/kWh", QuantityUnit.MS: "/h"}
 
 
-def _charge_lines(pieces: Sequence[_Piece], plan: Plan, tariff: Tariff) -> list[PriceLine]:
+def _charge_lines(groups: Iterable[_Group], plan: Plan, tariff: Tariff) -> list[PriceLine]:
     """One line per dimension, unit price and VAT rate, in dimension order."""
-    groups: dict[tuple[LineCode, Decimal, Decimal | None], list[_Piece]] = {}
-    for piece in pieces:
-        groups.setdefault((piece.dimension.code, piece.unit_price, piece.vat_percent),
-                          []).append(piece)
-    order = list(_BY_CODE)
+    cur = tariff.currency
+    note = _TARIFF_NOTE.get(plan.kind, "")
     lines: list[PriceLine] = []
-    for (code, unit_price, vat), group in sorted(groups.items(),
-                                                 key=lambda kv: order.index(kv[0][0])):
-        quantity = sum(p.quantity for p in group)
+    for g in groups:
+        quantity = g.quantity
         if quantity == 0:
             continue
-        dim = _BY_CODE[code]
-        excl, incl = _exact_total(group)
-        unit = {QuantityUnit.MILLIWH: "/kWh", QuantityUnit.MS: "/h"}.get(dim.unit, "")
+        dim = g.dimension
+        unit_price = price_decimal(g.price_micro)
         text = _quantity_text(dim, quantity)
         description = (f"{dim.label}{' ' + text if text else ''} @ "
-                       f"{_price_text(unit_price, tariff.currency)}{unit}"
-                       f"{_TARIFF_NOTE.get(plan.kind, '')}")
+                       f"{_price_text(unit_price, cur)}{_PER_UNIT_TEXT.get(dim.unit, '')}"
+                       f"{note}")
+        excl = g.excl
         lines.append(PriceLine(
-            LineKind.CHARGE, code, description, _money(excl, tariff.currency),
-            _money(incl, tariff.currency), vat, quantity, dim.unit, unit_price, tariff.id))
+            LineKind.CHARGE, dim.code, description,
+            Money(_minor(excl, MONEY_DENOMINATOR, cur), cur),
+            Money(_minor(excl * (VAT_SCALE + (g.vat_bp or 0)), _INCL_DENOMINATOR, cur), cur),
+            None if g.vat_bp is None else vat_decimal(g.vat_bp), quantity, dim.unit,
+            unit_price, tariff.id))
     return lines
 
 
@@ -498,37 +596,40 @@ def _benefit_lines(coverage: _Coverage, plan: Plan, currency: Currency) -> list[
             LineKind.PLAN_BENEFIT, LineCode.COVERED_CHARGING_TIME,
             f"Charging time covered by the plan {duration_text(coverage.time_covered_ms)}",
             zero, zero, None, coverage.time_covered_ms, QuantityUnit.MS, source_id=plan.id))
-    for piece in coverage.waived:
-        fee = _money(piece.excl, currency)
+    for q in coverage.waived:
+        fee = Money(_minor(q.price_micro * q.quantity * _dimension(q).factor,
+                           MONEY_DENOMINATOR, currency), currency)
         lines.append(PriceLine(
             LineKind.PLAN_BENEFIT, LineCode.SESSION_FEE_WAIVED,
             f"Session fee {fee} waived ({plan.kind.value.replace('_', ' ')})", zero, zero,
-            None, 1, QuantityUnit.SESSION, piece.unit_price, plan.id))
+            None, 1, QuantityUnit.SESSION, price_decimal(q.price_micro), plan.id))
     return lines
 
 
 # -- step 2b: the tariff's min / max price --------------------------------------------------------
 
 
-def _bound_delta(tariff: Tariff, rated: RatedSession, coverage: _Coverage
+def _bound_delta(tariff: Tariff, rated: RatedSession, coverage: _Coverage,
+                 has_charged_quantity: Callable[[], bool]
                  ) -> tuple[LineCode, Fraction, Fraction] | None:
     """(which bound, excl delta, incl delta) to add to the charged part, or None."""
     if tariff.min_price is None and tariff.max_price is None:
         return None
-    excl, incl = _exact_total(coverage.charged)
+    excl, incl = _exact_total(coverage.charged.values())
     if not coverage.covered_any:
         # The charged part is the whole session: the rating engine's own bounded total.
         if rated.price_bound is None:
             return None
-        bounded_excl = Fraction(rated.total_cost_exact.excl, MONEY_DENOMINATOR)
-        bounded_incl = Fraction(rated.total_cost_exact.incl, MONEY_DENOMINATOR * VAT_SCALE)
-        return LineCode(rated.price_bound), bounded_excl - excl, bounded_incl - incl
-    if not coverage.has_charged_quantity:
+        return (LineCode(rated.price_bound),
+                Fraction(rated.total_cost_exact.excl - excl, MONEY_DENOMINATOR),
+                Fraction(rated.total_cost_exact.incl - incl, _INCL_DENOMINATOR))
+    if not has_charged_quantity():
         return None  # the plan covered the whole session
-    which, b_excl, b_incl = bound_total(excl, incl, tariff.min_price, tariff.max_price)
+    excl_f, incl_f = Fraction(excl, MONEY_DENOMINATOR), Fraction(incl, _INCL_DENOMINATOR)
+    which, b_excl, b_incl = bound_total(excl_f, incl_f, tariff.min_price, tariff.max_price)
     if which is None:
         return None
-    return LineCode(which), b_excl - excl, b_incl - incl
+    return LineCode(which), b_excl - excl_f, b_incl - incl_f
 
 
 def _bound_lines(delta: tuple[LineCode, Fraction, Fraction] | None, charges: Sequence[PriceLine],
@@ -624,6 +725,9 @@ def _apply_discounts(base: DiscountBase, promotions: Sequence[Promotion],
                                   plan_promotions_eligible=plan.promotions_eligible,
                                   spend_minor=spend) for p in promotions]
     eligible = [p for p, c in zip(promotions, checks, strict=True) if c.eligible]
+    if not eligible and (loyalty is None or loyalty.benefit is None):
+        # What apply_promotions gives for no promotions and no loyalty benefit.
+        return _Discounts((), (), tuple(checks))
     outcome = apply_promotions(base, eligible, loyalty)
     lines = tuple(line for d in outcome.discounts for line in _discount_lines(d, base.currency))
     applied = tuple(
@@ -657,21 +761,36 @@ def _vat_suffix(vat: Decimal | None) -> str:
 
 def vat_summary(lines: Iterable[PriceLine], currency: Currency) -> tuple[VatLine, ...]:
     """Per VAT rate: exact sums of the lines' rounded amounts (informational lines out)."""
-    groups: dict[Decimal | None, list[PriceLine]] = {}
+    groups: dict[Decimal | None, list[int]] = {}
     for line in lines:
         if line.kind is not LineKind.PLAN_BENEFIT:
-            groups.setdefault(line.vat_percent, []).append(line)
+            acc = groups.get(line.vat_percent)
+            if acc is None:
+                acc = groups[line.vat_percent] = [0, 0]
+            acc[0] += _minor_of(line.amount_excl_vat, currency)
+            acc[1] += _minor_of(line.amount_incl_vat, currency)
     out: list[VatLine] = []
     for vat in sorted(groups, key=lambda v: (v is None, v or Decimal(0))):
-        excl = money_sum([line.amount_excl_vat for line in groups[vat]], currency)
-        incl = money_sum([line.amount_incl_vat for line in groups[vat]], currency)
-        out.append(VatLine(vat, excl, incl - excl, incl))
+        excl, incl = groups[vat]
+        out.append(VatLine(vat, Money(excl, currency), Money(incl - excl, currency),
+                           Money(incl, currency)))
     return tuple(out)
 
 
 def _totals(lines: Sequence[PriceLine], currency: Currency) -> tuple[Money, Money]:
-    return (money_sum([line.amount_excl_vat for line in lines], currency),
-            money_sum([line.amount_incl_vat for line in lines], currency))
+    excl = incl = 0
+    for line in lines:
+        excl += _minor_of(line.amount_excl_vat, currency)
+        incl += _minor_of(line.amount_incl_vat, currency)
+    return Money(excl, currency), Money(incl, currency)
+
+
+def _minor_of(amount: Money, currency: Currency) -> int:
+    """An amount to add up in ``currency`` (integer sums, as ``money_sum`` checks them)."""
+    if amount.currency is not currency and amount.currency != currency:
+        raise CurrencyMismatchError(
+            f"cannot combine {currency.code} with {amount.currency.code}")
+    return amount.amount_minor
 
 
 # -- the pipeline ---------------------------------------------------------------------------------
@@ -718,14 +837,18 @@ def price_session(request: PricingRequest) -> PricedSession:
 
     rated = request.rated if request.rated is not None else rate(tariff, session)
     require(rated.currency == cur, "the session was rated with the plan's tariff")
-    pieces = _pieces(rated)
+    require(rated.period_count == len(session.periods), "the session was rated from its periods")
+    if request.rated is None:
+        _check_against_breakdown(rated)
     allowance = usage.energy_remaining_milliwh if usage is not None else 0
-    coverage = _cover(session.periods, pieces, allowance, plan.waive_flat_fee)
+    coverage = _cover(session.periods, rated, allowance, plan.waive_flat_fee)
     if not coverage.covered_any and rated.price_bound is None:
         _check_against_rating(coverage, rated)
 
-    charges = _charge_lines(coverage.charged, plan, tariff)
-    bounds = _bound_lines(_bound_delta(tariff, rated, coverage), charges, tariff)
+    charges = _charge_lines(coverage.charged.values(), plan, tariff)
+    delta = _bound_delta(tariff, rated, coverage, lambda: _has_charged_quantity(
+        session.periods, rated, allowance, plan.waive_flat_fee))
+    bounds = _bound_lines(delta, charges, tariff)
     benefits = _benefit_lines(coverage, plan, cur)
     base = _discount_base([*charges, *bounds], cur)
     discounts = _apply_discounts(
@@ -744,14 +867,6 @@ def price_session(request: PricingRequest) -> PricedSession:
         usage_after=usage.with_energy(energy) if usage is not None else None,
         warnings=rated.warnings, rated=rated,
     )
-
-
-def _check_against_rating(coverage: _Coverage, rated: RatedSession) -> None:
-    """Nothing covered, nothing bounded: our exact pieces must add up to the engine's total."""
-    excl, incl = _exact_total(coverage.charged)
-    require(excl == Fraction(rated.total_cost_exact.excl, MONEY_DENOMINATOR)
-            and incl == Fraction(rated.total_cost_exact.incl, MONEY_DENOMINATOR * VAT_SCALE),
-            "the priced breakdown adds up to the rating engine's exact total")
 
 
 def price_plan_fee(plan: Plan, *, at: dt.datetime, time_zone: str, fee_minor: int | None = None,

@@ -29,14 +29,16 @@ implementation that tests compare against this one.
 from __future__ import annotations
 
 import bisect
+import copy
 import datetime as dt
 import operator
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import FrozenInstanceError, dataclass, field
 from decimal import Decimal
 from fractions import Fraction
+from functools import lru_cache
 
 from evbilling.domain.errors import RatingError
 from evbilling.domain.invariants import InvariantViolation
@@ -384,6 +386,9 @@ class CostPart:
                      incl_vat=money_value(self.incl, MONEY_DENOMINATOR * VAT_SCALE))
 
 
+_ZERO = CostPart()
+
+
 def money_value(numerator: int, denominator: int = MONEY_DENOMINATOR) -> Decimal:
     """An exact numerator as a Decimal amount at full (12-place) precision."""
     return quantize_full(numerator, denominator)
@@ -415,32 +420,233 @@ class RatedPeriod:
 
 
 @dataclass(frozen=True, slots=True)
-class RatedSession:
-    """The OCPI CDR totals of a rated session, plus an exact breakdown."""
+class BilledQuantity:
+    """One priced dimension in exact integers, for callers that price from the rating (the
+    pricing pipeline) rather than read its 12-decimal ``Decimal``s.
 
-    currency: Currency
+    ``quantity`` is on the rating scale (milliwh for ENERGY, ms for TIME, PARKING_TIME and
+    RESERVATION_TIME, 1 for a FLAT fee) and includes the step_size extra where the breakdown
+    shows it; its exact cost is ``price_micro * quantity * money_factor(kind)`` over
+    ``MONEY_DENOMINATOR`` excl. VAT, times ``VAT_SCALE + vat_bp`` over ``VAT_SCALE`` incl. VAT.
+    """
+
+    kind: str  # ENERGY | TIME | PARKING_TIME | RESERVATION_TIME | FLAT
+    element_index: int
+    quantity: int
+    price_micro: int  # excl. VAT, millionths of the currency per kWh, per hour or per session
+    vat_bp: int | None  # basis points of a percent (19 % = 1900); None = no VAT applicable
+    reservation_fee: bool = False  # a FLAT fee of a reservation (reservation elements)
+
+    @property
+    def price(self) -> Decimal:
+        """The unit price as the breakdown (``RatedDimension.price``) writes it."""
+        return price_decimal(self.price_micro)
+
+    @property
+    def vat(self) -> Decimal | None:
+        """The VAT percent as the breakdown (``RatedDimension.vat``) writes it."""
+        return None if self.vat_bp is None else vat_decimal(self.vat_bp)
+
+
+_FACTORS = {"ENERGY": ENERGY_FACTOR, "TIME": TIME_FACTOR, "PARKING_TIME": TIME_FACTOR,
+            "RESERVATION_TIME": TIME_FACTOR, "FLAT": FLAT_FACTOR}
+
+
+def money_factor(kind: str) -> int:
+    """price_micro * quantity * money_factor(kind) is a cost over MONEY_DENOMINATOR."""
+    return _FACTORS[kind]
+
+
+@lru_cache(maxsize=4096)
+def price_decimal(price_micro: int) -> Decimal:
+    return Decimal(price_micro).scaleb(-PRICE_DECIMALS)
+
+
+@lru_cache(maxsize=1024)
+def vat_decimal(vat_bp: int) -> Decimal:
+    return Decimal(vat_bp).scaleb(-VAT_DECIMALS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Totals:
+    """The OCPI totals as ``Decimal``s, computed from the exact numbers when first read."""
+
     total_cost: Price
     total_fixed_cost: Price
-    total_energy: Decimal  # kWh
+    total_energy: Decimal
     total_energy_cost: Price
-    total_time: Decimal  # hours, session start to end (or to now while ongoing)
+    total_time: Decimal
     total_time_cost: Price
-    total_parking_time: Decimal  # hours
+    total_parking_time: Decimal
     total_parking_cost: Price
-    total_reservation_time: Decimal  # hours
+    total_reservation_time: Decimal
     total_reservation_cost: Price
-    #: What min_price / max_price added (negative for max); zero when neither applied.
     price_bound_adjustment: Price
-    price_bound: str | None  # "min_price" | "max_price" | None
+
+
+#: The public fields of a RatedSession, in the order equality, hashing and repr use them.
+_RATED_FIELDS = ("currency", "total_cost", "total_fixed_cost", "total_energy",
+                 "total_energy_cost", "total_time", "total_time_cost", "total_parking_time",
+                 "total_parking_cost", "total_reservation_time", "total_reservation_cost",
+                 "price_bound_adjustment", "price_bound", "total_cost_exact", "warnings", "final")
+
+
+class RatedSession:
+    """The OCPI CDR totals of a rated session, plus an exact breakdown. Immutable.
+
+    The rater hands over exact numerators; the 12-decimal ``Decimal`` totals (``total_cost``
+    ...) are computed from them when one is first read, so a live preview that prices from
+    the exact numbers (``total_cost_exact``, ``billed``) does not pay for them. Equality,
+    hashing and repr are over the public fields, as for the frozen dataclass this was.
+    """
+
+    __slots__ = ("currency", "price_bound", "total_cost_exact", "warnings", "final", "_parts",
+                 "_volumes", "_totals", "_breakdown")
+
+    currency: Currency
+    #: "min_price" | "max_price" | None
+    price_bound: str | None
     #: Exact numerators, for aggregation without rounding (over MONEY_DENOMINATOR).
     total_cost_exact: CostPart
     warnings: tuple[str, ...]
     final: bool  # False while the session is ongoing (a live estimate)
-    _breakdown: _Breakdown = field(repr=False, compare=False)
+    # (fixed, energy, time, parking, reservation, bound adjustment)
+    _parts: tuple[CostPart, CostPart, CostPart, CostPart, CostPart, CostPart]
+    # (energy milliwh, total time ms, parking ms, reservation ms)
+    _volumes: tuple[int, int, int, int]
+    _totals: _Totals | None
+    _breakdown: _Breakdown
 
+    def __init__(self, *, currency: Currency, price_bound: str | None,
+                 total_cost_exact: CostPart, warnings: tuple[str, ...], final: bool,
+                 parts: tuple[CostPart, CostPart, CostPart, CostPart, CostPart, CostPart],
+                 volumes: tuple[int, int, int, int], breakdown: _Breakdown) -> None:
+        for name, value in (("currency", currency), ("price_bound", price_bound),
+                            ("total_cost_exact", total_cost_exact), ("warnings", warnings),
+                            ("final", final), ("_parts", parts), ("_volumes", volumes),
+                            ("_totals", None), ("_breakdown", breakdown)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            object.__setattr__(self, name, value)
+
+    # -- the totals (Decimal, 12 places) -----------------------------------------------------
+    def _decimals(self) -> _Totals:
+        totals = self._totals
+        if totals is None:
+            fixed, energy, time_cost, parking, reservation, adjustment = self._parts
+            energy_milliwh, time_ms, parking_ms, reservation_ms = self._volumes
+            totals = _Totals(
+                total_cost=self.total_cost_exact.price(),
+                total_fixed_cost=fixed.price(),
+                total_energy=Decimal(energy_milliwh) / MILLIWH_PER_KWH,
+                total_energy_cost=energy.price(),
+                total_time=quantize_full(time_ms, MS_PER_HOUR),
+                total_time_cost=time_cost.price(),
+                total_parking_time=quantize_full(parking_ms, MS_PER_HOUR),
+                total_parking_cost=parking.price(),
+                total_reservation_time=quantize_full(reservation_ms, MS_PER_HOUR),
+                total_reservation_cost=reservation.price(),
+                price_bound_adjustment=adjustment.price(),
+            )
+            object.__setattr__(self, "_totals", totals)
+        return totals
+
+    @property
+    def total_cost(self) -> Price:
+        return self._decimals().total_cost
+
+    @property
+    def total_fixed_cost(self) -> Price:
+        return self._decimals().total_fixed_cost
+
+    @property
+    def total_energy(self) -> Decimal:
+        """kWh."""
+        return self._decimals().total_energy
+
+    @property
+    def total_energy_cost(self) -> Price:
+        return self._decimals().total_energy_cost
+
+    @property
+    def total_time(self) -> Decimal:
+        """Hours, session start to end (or to now while ongoing)."""
+        return self._decimals().total_time
+
+    @property
+    def total_time_cost(self) -> Price:
+        return self._decimals().total_time_cost
+
+    @property
+    def total_parking_time(self) -> Decimal:
+        """Hours."""
+        return self._decimals().total_parking_time
+
+    @property
+    def total_parking_cost(self) -> Price:
+        return self._decimals().total_parking_cost
+
+    @property
+    def total_reservation_time(self) -> Decimal:
+        """Hours."""
+        return self._decimals().total_reservation_time
+
+    @property
+    def total_reservation_cost(self) -> Price:
+        return self._decimals().total_reservation_cost
+
+    @property
+    def price_bound_adjustment(self) -> Price:
+        """What min_price / max_price added (negative for max); zero when neither applied."""
+        return self._decimals().price_bound_adjustment
+
+    # -- value semantics (as a frozen dataclass) ----------------------------------------------
+    def _key(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in _RATED_FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _RATED_FIELDS)
+        return f"{type(self).__name__}({fields})"
+
+    # -- the breakdown -------------------------------------------------------------------------
     def periods(self) -> tuple[RatedPeriod, ...]:
         """Per-period breakdown naming the element used for each dimension."""
         return self._breakdown.build()
+
+    @property
+    def period_count(self) -> int:
+        return self._breakdown.n + len(self._breakdown.tail_periods)
+
+    def billed(self) -> tuple[BilledQuantity, ...]:
+        """The priced quantities summed per dimension and element, O(tariff elements): ENERGY,
+        TIME, PARKING_TIME, RESERVATION_TIME, then the FLAT fee and a reservation's FLAT fee;
+        within a dimension, elements in the order the periods first used them. Step extras
+        are included. Together they cost exactly ``total_cost_exact`` before min/max price."""
+        return self._breakdown.billed()
+
+    def billed_by_period(self) -> Iterator[tuple[BilledQuantity, ...]]:
+        """The priced dimensions of each period in exact integers (``periods()`` without the
+        ``Decimal``s and without unpriced dimensions), lazily, period by period."""
+        return self._breakdown.billed_by_period()
 
 
 # -- the rater ------------------------------------------------------------------------------------
@@ -459,7 +665,7 @@ class SessionRater:
                  "_energy_all", "_parking_all", "_reservation_all", "_last_energy", "_last_time",
                  "_last_res", "_flat", "_flat_at", "_res_flat", "_res_flat_at", "_warnings",
                  "_last_start", "_n_elements",
-                 "_all_reservation")
+                 "_all_reservation", "_first_use")
 
     def __init__(self, tariff: Tariff | CompiledTariff, time_zone: str = "UTC",
                  start_epoch_ms: int | None = None) -> None:
@@ -475,6 +681,7 @@ class SessionRater:
         self._periods: list[ChargingPeriod] = []
         # per period: (energy, time, parking, reserved, expired) element index or -1
         self._choices: list[tuple[int, int, int, int, int]] = []
+        self._first_use = _FirstUse(self._choices)  # for RatedSession.billed (lazily)
         self._qty = [[0] * n, [0] * n, [0] * n]  # energy, time, parking per element
         self._res_qty = [[0] * n, [0] * n]  # reservation time per element: reserved, expired
         self._cum_milliwh = 0
@@ -698,7 +905,10 @@ class SessionRater:
         warnings = dict(self._warnings)
         try:
             self.add_all((pending,))
-            return self.snapshot(end_epoch_ms, reservation_expired=reservation_expired)
+            # The lists add_all just changed are replaced by the saved copies below, so the
+            # snapshot may keep them as they are.
+            return self._snapshot(end_epoch_ms, reservation_expired, False, permanent=n,
+                                  own_lists=True)
         finally:
             del self._periods[n:]
             del self._choices[n:]
@@ -713,46 +923,70 @@ class SessionRater:
     def snapshot(self, end_epoch_ms: int | None = None, *,
                  reservation_expired: bool | None = None, final: bool = False) -> RatedSession:
         """Price what has been added so far, as if the session ended at ``end_epoch_ms``."""
+        return self._snapshot(end_epoch_ms, reservation_expired, final,
+                              permanent=len(self._periods), own_lists=False)
+
+    def _snapshot(self, end_epoch_ms: int | None, reservation_expired: bool | None,
+                  final: bool, *, permanent: int, own_lists: bool) -> RatedSession:
+        """``snapshot``; the periods from ``permanent`` on are taken back afterwards (the
+        breakdown copies those), and ``own_lists``: the per-element lists will not change.
+
+        Costs are summed as integer numerators (the same numbers ``_cost`` gives), and the
+        result keeps them: its ``Decimal`` totals are made only when read, and its breakdown
+        refers to the rater's period lists instead of copying them, so a snapshot is
+        O(number of tariff elements) whatever the session length."""
         ct = self.tariff
         els = ct.elements
-        qty = self._qty
+        qty_energy, qty_time, qty_parking = self._qty
         warnings = dict(self._warnings)
         if not self._periods:
             warnings["no_charging_periods"] = None
 
         # step_size, once per session: ENERGY on its own.
-        energy = CostPart()
+        energy_excl = energy_incl = 0
         energy_extra = (-1, 0)
-        for i, q in enumerate(qty[_ENERGY]):
+        for i, q in enumerate(qty_energy):
             if q:
-                energy = energy + _cost(_req(els[i].energy), q, ENERGY_FACTOR)
+                comp = _req(els[i].energy)
+                excl = comp.price_micro * q * ENERGY_FACTOR
+                energy_excl += excl
+                energy_incl += excl * (VAT_SCALE + comp.vat_bp)
         if self._last_energy >= 0:
             comp = _req(els[self._last_energy].energy)
-            extra = _step_extra(sum(qty[_ENERGY]), comp.step)
+            extra = _step_extra(sum(qty_energy), comp.step)
             if extra:
-                energy = energy + _cost(comp, extra, ENERGY_FACTOR)
+                excl = comp.price_micro * extra * ENERGY_FACTOR
+                energy_excl += excl
+                energy_incl += excl * (VAT_SCALE + comp.vat_bp)
                 energy_extra = (self._last_energy, extra)
 
         # TIME and PARKING_TIME together: only the dimension priced last is rounded.
-        time_cost = CostPart()
-        parking_cost = CostPart()
-        for i, q in enumerate(qty[_TIME]):
+        time_excl = time_incl = parking_excl = parking_incl = 0
+        for i, q in enumerate(qty_time):
             if q:
-                time_cost = time_cost + _cost(_req(els[i].time), q, TIME_FACTOR)
-        for i, q in enumerate(qty[_PARKING]):
+                comp = _req(els[i].time)
+                excl = comp.price_micro * q * TIME_FACTOR
+                time_excl += excl
+                time_incl += excl * (VAT_SCALE + comp.vat_bp)
+        for i, q in enumerate(qty_parking):
             if q:
-                parking_cost = parking_cost + _cost(_req(els[i].parking), q, TIME_FACTOR)
+                comp = _req(els[i].parking)
+                excl = comp.price_micro * q * TIME_FACTOR
+                parking_excl += excl
+                parking_incl += excl * (VAT_SCALE + comp.vat_bp)
         time_extra = (-1, -1, 0)
         dim, last = self._last_time
         if last >= 0:
             comp = _req(els[last].time if dim == _TIME else els[last].parking)
-            extra = _step_extra(sum(qty[dim]), comp.step)
+            extra = _step_extra(sum(self._qty[dim]), comp.step)
             if extra:
-                part = _cost(comp, extra, TIME_FACTOR)
+                excl = comp.price_micro * extra * TIME_FACTOR
                 if dim == _TIME:
-                    time_cost = time_cost + part
+                    time_excl += excl
+                    time_incl += excl * (VAT_SCALE + comp.vat_bp)
                 else:
-                    parking_cost = parking_cost + part
+                    parking_excl += excl
+                    parking_incl += excl * (VAT_SCALE + comp.vat_bp)
                 time_extra = (dim, last, extra)
 
         # Reservation: time and fee, under RESERVATION or RESERVATION_EXPIRES elements.
@@ -760,29 +994,38 @@ class SessionRater:
         if expired is None:
             expired = self._all_reservation and bool(self._periods)
         slot = 1 if expired else 0
-        reservation = CostPart()
+        res_excl = res_incl = 0
         res_qty = self._res_qty[slot]
         for i, q in enumerate(res_qty):
             if q:
-                reservation = reservation + _cost(_req(els[i].time), q, TIME_FACTOR)
+                comp = _req(els[i].time)
+                excl = comp.price_micro * q * TIME_FACTOR
+                res_excl += excl
+                res_incl += excl * (VAT_SCALE + comp.vat_bp)
         res_extra = (-1, 0)
         if self._last_res[slot] >= 0:
             comp = _req(els[self._last_res[slot]].time)
             extra = _step_extra(sum(res_qty), comp.step)
             if extra:
-                reservation = reservation + _cost(comp, extra, TIME_FACTOR)
+                excl = comp.price_micro * extra * TIME_FACTOR
+                res_excl += excl
+                res_incl += excl * (VAT_SCALE + comp.vat_bp)
                 res_extra = (self._last_res[slot], extra)
         if self._res_flat[slot] >= 0:
-            reservation = reservation + _cost(_req(els[self._res_flat[slot]].flat), 1,
-                                              FLAT_FACTOR)
+            comp = _req(els[self._res_flat[slot]].flat)
+            excl = comp.price_micro * FLAT_FACTOR
+            res_excl += excl
+            res_incl += excl * (VAT_SCALE + comp.vat_bp)
 
-        fixed = CostPart()
+        fixed = _ZERO
         if self._flat >= 0 and not expired:
             fixed = _cost(_req(els[self._flat].flat), 1, FLAT_FACTOR)
 
-        total = energy + time_cost + parking_cost + reservation + fixed
+        total = CostPart(energy_excl + time_excl + parking_excl + res_excl + fixed.excl,
+                         energy_incl + time_incl + parking_incl + res_incl + fixed.incl)
         bounded, bound = _apply_bounds(total, ct.min_price, ct.max_price)
-        adjustment = CostPart(bounded.excl - total.excl, bounded.incl - total.incl)
+        adjustment = (_ZERO if bound is None
+                      else CostPart(bounded.excl - total.excl, bounded.incl - total.incl))
 
         # Durations.
         if end_epoch_ms is None:
@@ -793,28 +1036,27 @@ class SessionRater:
             raise UnratableSessionError("a session may last at most 31 days")
 
         breakdown = _Breakdown(
-            self.tariff, tuple(self._periods), tuple(self._choices), energy_extra, time_extra,
-            res_extra, slot,
+            self.tariff, self._periods, self._choices, permanent,
+            tuple(self._periods[permanent:]), tuple(self._choices[permanent:]),
+            energy_extra, time_extra, res_extra, slot,
             (self._flat, self._flat_at) if not expired else (-1, -1),
-            (self._res_flat[slot], self._res_flat_at[slot]))
+            (self._res_flat[slot], self._res_flat_at[slot]),
+            (qty_energy, qty_time, qty_parking) if own_lists
+            else (qty_energy[:], qty_time[:], qty_parking[:]),
+            res_qty if own_lists else res_qty[:],
+            self._first_use)
         return RatedSession(
             currency=ct.currency,
-            total_cost=bounded.price(),
-            total_fixed_cost=fixed.price(),
-            total_energy=Decimal(self._energy_all) / MILLIWH_PER_KWH,
-            total_energy_cost=energy.price(),
-            total_time=quantize_full(total_time_ms, MS_PER_HOUR),
-            total_time_cost=time_cost.price(),
-            total_parking_time=quantize_full(self._parking_all, MS_PER_HOUR),
-            total_parking_cost=parking_cost.price(),
-            total_reservation_time=quantize_full(self._reservation_all, MS_PER_HOUR),
-            total_reservation_cost=reservation.price(),
-            price_bound_adjustment=adjustment.price(),
             price_bound=bound,
             total_cost_exact=bounded,
             warnings=tuple(warnings),
             final=final,
-            _breakdown=breakdown,
+            parts=(fixed, CostPart(energy_excl, energy_incl), CostPart(time_excl, time_incl),
+                   CostPart(parking_excl, parking_incl), CostPart(res_excl, res_incl),
+                   adjustment),
+            volumes=(self._energy_all, total_time_ms, self._parking_all,
+                     self._reservation_all),
+            breakdown=breakdown,
         )
 
 
@@ -866,6 +1108,8 @@ def _apply_bounds(total: CostPart, min_price: Price | None, max_price: Price | N
                   ) -> tuple[CostPart, str | None]:
     """``bound_total`` on exact numerators. A bound scaled by the VAT factor can fall between
     two numerators (1 / 1.8e17 apart); it is rounded to the nearest, far below 12 decimals."""
+    if not _bound_reached(total, min_price, max_price):
+        return total, None
     which, excl, incl = bound_total(Fraction(total.excl, MONEY_DENOMINATOR),
                                     Fraction(total.incl, _INCL_DENOMINATOR),
                                     min_price, max_price)
@@ -875,29 +1119,99 @@ def _apply_bounds(total: CostPart, min_price: Price | None, max_price: Price | N
                     round_rational(incl * _INCL_DENOMINATOR)), which
 
 
+def _bound_reached(total: CostPart, min_price: Price | None, max_price: Price | None) -> bool:
+    """Whether ``bound_total`` would change anything: one of its comparisons holds on the
+    unbounded total. The same comparisons in integers (cross-multiplied), so a total inside
+    its bounds, the usual case, costs no ``Fraction``."""
+    for bound, sign in ((min_price, 1), (max_price, -1)):
+        if bound is None:
+            continue
+        num, den = bound.excl_vat.as_integer_ratio()
+        if sign * (total.excl * den - num * MONEY_DENOMINATOR) < 0:
+            return True
+        if bound.incl_vat is not None:
+            num, den = bound.incl_vat.as_integer_ratio()
+            if sign * (total.incl * den - num * _INCL_DENOMINATOR) < 0:
+                return True
+    return False
+
+
 # -- per-period breakdown --------------------------------------------------------------------------
+
+
+class _FirstUse:
+    """Where each element was first used, per dimension (energy, time, parking, reserved,
+    expired), over a rater's stored periods. Scanned on demand, each period once: the rater
+    only appends to its lists (``snapshot_with`` takes back only what it added), so a prefix
+    never changes, and a breakdown only asks about its own prefix."""
+
+    __slots__ = ("_choices", "_upto", "_first", "_lock")
+
+    def __init__(self, choices: list[tuple[int, int, int, int, int]]) -> None:
+        self._choices = choices
+        self._upto = 0
+        self._first: tuple[dict[int, int], ...] = ({}, {}, {}, {}, {})
+        self._lock = threading.Lock()
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _FirstUse:
+        copied = _FirstUse(copy.deepcopy(self._choices, memo))
+        with self._lock:
+            copied._upto, copied._first = self._upto, copy.deepcopy(self._first, memo)
+        return copied
+
+    def before(self, n: int) -> tuple[list[int], ...]:
+        """Per dimension, the elements used in periods [0, n), in the order first used."""
+        with self._lock:
+            if self._upto < n:
+                first = self._first
+                choices = self._choices
+                for i in range(self._upto, n):
+                    for k, e in enumerate(choices[i]):
+                        if e >= 0 and e not in first[k]:
+                            first[k][e] = i
+                self._upto = n
+            return tuple([e for e, i in d.items() if i < n] for d in self._first)
 
 
 @dataclass(frozen=True, slots=True)
 class _Breakdown:
+    """What a snapshot needs for its per-period breakdown, without copying the periods: the
+    rater's own lists (of which the first ``n`` entries are this snapshot's and never change)
+    plus the ``tail`` that ``snapshot_with`` adds and takes back."""
+
     tariff: CompiledTariff
-    periods: tuple[ChargingPeriod, ...]
-    choices: tuple[tuple[int, int, int, int, int], ...]
+    stored: list[ChargingPeriod]  # the rater's list; entries [0, n) are this snapshot's
+    stored_choices: list[tuple[int, int, int, int, int]]
+    n: int
+    tail_periods: tuple[ChargingPeriod, ...]
+    tail_choices: tuple[tuple[int, int, int, int, int], ...]
     energy_extra: tuple[int, int]  # (element, extra milliwh) carried by the last energy period
     time_extra: tuple[int, int, int]  # (dimension, element, extra ms)
     res_extra: tuple[int, int]
     res_slot: int
     flat: tuple[int, int]  # (element, period index) of the FLAT fee, or (-1, -1)
     res_flat: tuple[int, int]  # the same for the reservation fee
+    qty: tuple[list[int], list[int], list[int]]  # energy, time, parking per element
+    res_qty: list[int]  # reservation time per element (this snapshot's slot)
+    first_use: _FirstUse
+
+    @property
+    def periods(self) -> list[ChargingPeriod]:
+        return self.stored[:self.n] + list(self.tail_periods)
+
+    @property
+    def choices(self) -> list[tuple[int, int, int, int, int]]:
+        return self.stored_choices[:self.n] + list(self.tail_choices)
 
     def build(self) -> tuple[RatedPeriod, ...]:
         els = self.tariff.elements
-        last_energy = _last_index(self.choices, 0)
+        choices = self.choices
+        last_energy = _last_index(choices, 0)
         time_dim = self.time_extra[0]
-        last_time = _last_index(self.choices, time_dim) if time_dim >= 0 else -1
-        last_res = _last_index(self.choices, 3 + self.res_slot)
+        last_time = _last_index(choices, time_dim) if time_dim >= 0 else -1
+        last_res = _last_index(choices, 3 + self.res_slot)
         out: list[RatedPeriod] = []
-        for n, (p, ch) in enumerate(zip(self.periods, self.choices, strict=True)):
+        for n, (p, ch) in enumerate(zip(self.periods, choices, strict=True)):
             dims: list[RatedDimension] = []
             if p.reservation_ms:
                 e = ch[3 + self.res_slot]
@@ -929,6 +1243,91 @@ class _Breakdown:
                                        els[e].parking if e >= 0 else None, TIME_FACTOR))
             out.append(RatedPeriod(n, _iso(p.start_epoch_ms), tuple(dims)))
         return tuple(out)
+
+    def billed(self) -> tuple[BilledQuantity, ...]:
+        """Per dimension and element, from the rater's per-element sums (RatedSession.billed).
+        The order of first use comes from ``first_use`` (the stored prefix, scanned once per
+        period over the rater's life) and this snapshot's tail."""
+        els = self.tariff.elements
+        first = self.first_use.before(self.n)
+        slot = 3 + self.res_slot
+        time_dim, time_el, time_extra = self.time_extra
+        sums: tuple[tuple[int, str, list[int], int, int], ...] = (
+            (0, "ENERGY", self.qty[0], *self.energy_extra),
+            (1, "TIME", self.qty[1], time_el if time_dim == _TIME else -1, time_extra),
+            (2, "PARKING_TIME", self.qty[2], time_el if time_dim == _PARKING else -1,
+             time_extra),
+            (slot, "RESERVATION_TIME", self.res_qty, *self.res_extra),
+        )
+        out: list[BilledQuantity] = []
+        for k, kind, qty, extra_el, extra in sums:
+            order = first[k]
+            for ch in self.tail_choices:
+                if ch[k] >= 0 and ch[k] not in order:
+                    order.append(ch[k])
+            for e in order:
+                comp = _req(_component_of(els[e], kind))
+                out.append(BilledQuantity(
+                    kind, e, qty[e] + (extra if e == extra_el else 0), comp.price_micro,
+                    comp.vat_bp if comp.has_vat else None))
+        for (e, _), reservation_fee in ((self.flat, False), (self.res_flat, True)):
+            if e >= 0:
+                comp = _req(els[e].flat)
+                out.append(BilledQuantity("FLAT", e, 1, comp.price_micro,
+                                          comp.vat_bp if comp.has_vat else None,
+                                          reservation_fee))
+        return tuple(out)
+
+    def billed_by_period(self) -> Iterator[tuple[BilledQuantity, ...]]:
+        """``build`` in integers, priced dimensions only (RatedSession.billed_by_period)."""
+        els = self.tariff.elements
+        choices = self.choices
+        last_energy = _last_index(choices, 0)
+        time_dim = self.time_extra[0]
+        last_time = _last_index(choices, time_dim) if time_dim >= 0 else -1
+        last_res = _last_index(choices, 3 + self.res_slot)
+        for n, (p, ch) in enumerate(zip(self.periods, choices, strict=True)):
+            dims: list[BilledQuantity] = []
+            if p.reservation_ms:
+                e = ch[3 + self.res_slot]
+                if e >= 0:
+                    extra = self.res_extra[1] if n == last_res else 0
+                    dims.append(_billed("RESERVATION_TIME", e, p.reservation_ms + extra,
+                                        els[e].time))
+                if n == self.res_flat[1]:
+                    dims.append(_billed("FLAT", self.res_flat[0], 1, els[self.res_flat[0]].flat,
+                                        reservation_fee=True))
+                yield tuple(dims)
+                continue
+            if n == self.flat[1]:
+                dims.append(_billed("FLAT", self.flat[0], 1, els[self.flat[0]].flat))
+            if p.energy_milliwh and ch[0] >= 0:
+                extra = self.energy_extra[1] if n == last_energy else 0
+                dims.append(_billed("ENERGY", ch[0], p.energy_milliwh + extra,
+                                    els[ch[0]].energy))
+            if p.time_ms and ch[1] >= 0:
+                extra = self.time_extra[2] if (n == last_time and time_dim == _TIME) else 0
+                dims.append(_billed("TIME", ch[1], p.time_ms + extra, els[ch[1]].time))
+            if p.parking_ms and ch[2] >= 0:
+                extra = self.time_extra[2] if (n == last_time and time_dim == _PARKING) else 0
+                dims.append(_billed("PARKING_TIME", ch[2], p.parking_ms + extra,
+                                    els[ch[2]].parking))
+            yield tuple(dims)
+
+
+def _component_of(el: _Element, kind: str) -> _Component | None:
+    if kind == "ENERGY":
+        return el.energy
+    if kind == "PARKING_TIME":
+        return el.parking
+    return el.time  # TIME and RESERVATION_TIME
+
+
+def _billed(kind: str, element: int, quantity: int, comp: _Component | None,
+            reservation_fee: bool = False) -> BilledQuantity:
+    c = _req(comp)
+    return BilledQuantity(kind, element, quantity, c.price_micro,
+                          c.vat_bp if c.has_vat else None, reservation_fee)
 
 
 def _last_index(choices: Sequence[tuple[int, ...]], k: int) -> int:
