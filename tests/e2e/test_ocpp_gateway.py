@@ -464,15 +464,22 @@ def test_an_accepted_connection_is_audited_and_reconnects_cost_one_password_hash
         gw: Gateway) -> None:
     gateway: OcppGateway = gw.app.state.ocpp_gateway
 
-    async def connect_twice() -> None:
+    async def connect_thrice() -> None:
         for _ in range(3):
             async with connect201(gw.url, CP201) as cp:
                 await cp.call(call201.Heartbeat())
-    before = gateway.credentials.hashes_computed
-    asyncio.run(connect_twice())
+    def successes() -> int:
+        return len([r for r in audit_rows(gw.engine, CP201) if r.outcome == "success"])
+    before, rows_before = gateway.credentials.hashes_computed, successes()
+    asyncio.run(connect_thrice())
     assert gateway.credentials.hashes_computed - before <= 1
+    deadline = time.monotonic() + WAIT_S  # success rows are written in the background
+    while successes() < rows_before + 3:
+        assert time.monotonic() < deadline, "no success rows"
+        time.sleep(0.05)
     rows = audit_rows(gw.engine, CP201)
     assert rows[-1].outcome == "success" and rows[-1].detail == "OCPP 2.0.1"
+    assert rows[-1].target.startswith("charger:") and rows[-1].source_ip == "127.0.0.1"
 
 
 def test_production_refuses_security_profile_1(gw: Gateway) -> None:

@@ -179,6 +179,10 @@ class OcppGateway:
         self.settings = settings or GatewaySettings.from_env()
         self.credentials = VerifiedCredentials(self.settings.verified_cache_size,
                                                self.settings.max_concurrent_verifications)
+        # Audit writes share the default thread pool with the charging service: at most two
+        # at once, so a reconnect storm's audit rows cannot starve billing of threads.
+        self._audit_slots = asyncio.Semaphore(2)
+        self._background: set[asyncio.Task[None]] = set()
         self._failures = SlidingWindowLimiter(
             lambda: time.monotonic_ns() // 1_000_000, max_failures=self.settings.max_failures,
             window_ms=self.settings.failure_window_s * 1000)
@@ -292,7 +296,8 @@ class OcppGateway:
                       target=None if charger is None else f"charger:{charger.id}",
                       source_ip=source_ip, detail=detail[:500])
         try:
-            await asyncio.to_thread(write)
+            async with self._audit_slots:
+                await asyncio.to_thread(write)
         except Exception:  # noqa: BLE001 - an audit failure must not take the gateway down
             logger.exception("audit row for OCPP connection of %r not written", identity[:60])
 
@@ -305,8 +310,12 @@ class OcppGateway:
         if previous is not None:
             logger.info("%s reconnected; closing its previous connection", charger.identity)
             await previous.close(1000)
-        await self._audit(charger.identity, _Row(charger), "success", source_ip,
-                          f"OCPP {charger.ocpp_version}")
+        # the success row is written in the background: the charger's first frames need not
+        # wait for it (a refusal's row, in contrast, is written before the refusal goes out)
+        task = asyncio.get_running_loop().create_task(self._audit(
+            charger.identity, _Row(charger), "success", source_ip, f"OCPP {charger.ocpp_version}"))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         try:
             while True:
                 message = await receive()
