@@ -307,3 +307,29 @@ def test_a_meter_reset_keeps_counting_from_the_new_baseline(demo):
     # 1 kWh before the reset, 0.5 kWh counted from 0 at the reset, then 1 + 1 kWh
     assert row.energy_milliwh == 1_000_000 + 500_000 + 1_000_000 + 1_000_000
     assert row.flags["meter_resets"] == 1
+
+
+def test_a_start_without_a_register_counts_from_the_first_reading(demo):
+    ch = charger(demo, "DEMO-CP201-001")
+    start = berlin_ms(DAY, 10, 0)
+
+    async def body(service: ChargingService, sink: ListSink) -> Any:
+        started = await service.start_transaction(StartTransaction(
+            ch, 1, 1, CAROL, None, start, frame("TransactionEvent"), ocpp_transaction_id="tx-1",
+            seq_no=0))
+        for k, register in enumerate((80_000_000, 81_000_000, 82_000_000), start=1):
+            await service.record_meter_values(RecordMeterValues(
+                ch, "tx-1", 1, (MeterSample(start + k * 5 * MINUTE_MS, register, 12_000, None,
+                                            True),), frame("TransactionEvent", k), seq_no=k))
+        await service.stop_transaction(StopTransaction(
+            ch, "tx-1", start + 20 * MINUTE_MS, 83_000_000, "Local", CAROL, (),
+            frame("TransactionEvent", 9), seq_no=4))
+        return started
+
+    run(demo, body)
+    with demo.connect() as conn:
+        row = conn.execute(select(s.charging_sessions).where(
+            s.charging_sessions.c.ocpp_transaction_id == "tx-1")).one()
+    # the absolute register (80 kWh) is not billed: only what flowed after the first reading
+    assert row.energy_milliwh == 3_000_000 and row.energy_milliwh_start == 80_000_000
+    assert row.flags["start_register_unknown"] is True

@@ -93,7 +93,7 @@ class _Live:
     ocpp_transaction_id: str
     token_uid: str | None
     start_ms: int
-    energy_milliwh_start: int
+    energy_milliwh_start: int | None  # None: not known yet (taken from the first sample)
     ctx: PricingContext
     meter: SessionMeter
     rater: SessionRater
@@ -290,13 +290,13 @@ class ChargingService:
 
     def _new_live(self, *, session_id: str, charger: ChargerRef, tx_id: str,
                   driver_id: str | None, token_uid: str | None, start_ms: int,
-                  energy_start: int, ctx: PricingContext, cap_minor: int | None,
+                  energy_start: int | None, ctx: PricingContext, cap_minor: int | None,
                   cap_milliwh: int | None, seq_no: int | None) -> _Live:
         return _Live(
             session_id=session_id, operator_id=charger.operator_id, driver_id=driver_id,
             charger=charger, ocpp_transaction_id=tx_id, token_uid=token_uid,
             start_ms=start_ms, energy_milliwh_start=energy_start, ctx=ctx,
-            meter=SessionMeter(ctx.compiled, ctx.time_zone, start_ms, energy_start),
+            meter=SessionMeter(ctx.compiled, ctx.time_zone, start_ms, energy_start or 0),
             rater=SessionRater(ctx.compiled, ctx.time_zone, start_ms),
             cap_minor=cap_minor, cap_milliwh=cap_milliwh, last_seq_no=seq_no)
 
@@ -330,6 +330,8 @@ class ChargingService:
                     gaps.append([live.last_seq_no + 1, seq_no - 1])
             if live.last_seq_no is None or seq_no > live.last_seq_no:
                 live.last_seq_no = seq_no
+        if live.energy_milliwh_start is None:
+            self._start_register_from(live, samples)
         meter = live.meter
         accepted: list[MeterSample] = []
         for sample in sorted(samples[:MAX_SAMPLES_PER_MESSAGE], key=lambda x: x.at_ms):
@@ -391,6 +393,21 @@ class ChargingService:
             cost = _with_stop(cost)
         live.last_cost = cost
         return cost
+
+    def _start_register_from(self, live: _Live, samples: Sequence[MeterSample]) -> None:
+        """The charger gave no register at the start: the first reading is the start (the
+        energy before it is unknown and not billed; the session is flagged)."""
+        first = min((x for x in samples if x.energy_milliwh is not None),
+                    key=lambda x: x.at_ms, default=None)
+        if first is None or first.energy_milliwh is None:
+            return
+        live.energy_milliwh_start = first.energy_milliwh
+        live.meter = SessionMeter(live.ctx.compiled, live.ctx.time_zone, live.start_ms,
+                                  first.energy_milliwh)
+        live.flags["start_register_unknown"] = True
+        c = s.charging_sessions.c
+        self.writer.submit(update(s.charging_sessions).where(c.id == live.session_id).values(
+            energy_milliwh_start=first.energy_milliwh))
 
     @staticmethod
     def _is_charging(live: _Live, sample: MeterSample) -> bool:
@@ -512,7 +529,7 @@ class ChargingService:
                            s.meter_samples.c.session_id == session_id))]
             end_ms = max(end_ms, start_ms)
             periods = periods_from_samples(ctx.compiled, ctx.time_zone, start_ms,
-                                           row.energy_milliwh_start or 0, samples, end_ms,
+                                           _start_register(row, samples), samples, end_ms,
                                            energy_end)
             priced = price(ctx, periods, start_ms=start_ms, end_ms=end_ms)
             energy = sum(p.energy_milliwh for p in periods)
@@ -743,7 +760,8 @@ class ChargingService:
                               tx_id=row.ocpp_transaction_id, driver_id=row.driver_id,
                               token_uid=row.token_uid, start_ms=int(started_at.timestamp()
                                                                     * 1000),
-                              energy_start=row.energy_milliwh_start or 0, ctx=ctx,
+                              energy_start=_start_register(row, samples)
+                              if samples else row.energy_milliwh_start, ctx=ctx,
                               cap_minor=row.cap_minor, cap_milliwh=row.cap_milliwh,
                               seq_no=row.last_seq_no)
         live.flags.update(row.flags or {})
@@ -789,6 +807,15 @@ class ChargingService:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+def _start_register(row: Any, samples: Sequence[MeterSample]) -> int:
+    """The register at the start: as the charger reported it, else the first reading."""
+    if row.energy_milliwh_start is not None:
+        return int(row.energy_milliwh_start)
+    readings = sorted((x.at_ms, x.energy_milliwh) for x in samples
+                      if x.energy_milliwh is not None)
+    return readings[0][1] if readings else 0
+
+
 def _ms(value: dt.datetime) -> int:
     aware = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
     return int(aware.timestamp() * 1000)

@@ -50,7 +50,9 @@ class StartTransaction:
     connector_number: int  # OCPP 1.6 connectorId / 2.0.1 connector id (1 when absent)
     evse_number: int | None  # OCPP 2.0.1 evse.id; None on 1.6 (connector = evse)
     id_token: str | None
-    energy_milliwh_start: int  # meter register at the start
+    #: The meter register at the start; None when the charger sent none (2.0.1 Started without
+    #: a register): the first sample's reading becomes the start.
+    energy_milliwh_start: int | None
     started_at_ms: int
     frame: RawFrame
     ocpp_transaction_id: str | None = None  # 2.0.1: the charger's; 1.6: None, we assign

@@ -128,16 +128,14 @@ async def _started(conn: Connection, call: Call, text: str, tx: str, samples: tu
     evse = p.get("evse") or {}
     begin = first_register(samples)
     if begin is None:
-        # TODO(ports): energy_milliwh_start should be optional; until then 0 is sent, which the
-        # service must treat as "unknown" (see docs/ocpp.md, "Open points").
+        # the service takes the first sample's reading as the start
         logger.warning("%s: TransactionEvent Started %s without an energy register",
                        conn.charger.identity, tx)
     id_token = _id_token(p)
     started = await conn.port.start_transaction(StartTransaction(
         charger=conn.charger, connector_number=evse.get("connectorId", 1),
         evse_number=evse.get("id"), id_token=id_token,
-        energy_milliwh_start=0 if begin is None or begin.energy_milliwh is None
-        else begin.energy_milliwh,
+        energy_milliwh_start=None if begin is None else begin.energy_milliwh,
         started_at_ms=epoch_ms_or(p["timestamp"], conn.now_ms()), frame=_frame(call, text),
         ocpp_transaction_id=tx, seq_no=p["seqNo"], reservation_id=p.get("reservationId")))
     answer: dict[str, Any] = {}
