@@ -611,6 +611,7 @@ async def _drain(chargers: list[RawCharger], timeout_s: float = 60.0) -> None:
     for charger in chargers:
         charger.in_flight = False
         charger.on_answer = None
+    await asyncio.sleep(2.0)  # let the server settle (its queues, GC) before the next phase
 
 
 async def _client(job: ClientJob, barrier: Any, results: Any) -> None:
