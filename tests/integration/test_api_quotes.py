@@ -22,6 +22,10 @@ import pytest
 from evbilling.domain.periods import ChargingPeriod, SessionFacts, epoch_ms
 from evbilling.entrypoints.api.limits import promo_limiter
 from evbilling.services.catalog import store_session
+from evbilling.services.catalog_cache import CatalogCache
+from evbilling.services.catalog_generation import catalog_generation
+from evbilling.services.quotes import QuoteRequest
+from evbilling.services.quotes import quote as quote_service
 
 BERLIN = "Europe/Berlin"
 KWH = 1_000_000
@@ -467,3 +471,140 @@ def test_the_advisor_needs_a_driver_or_a_profile(setup, problem):
     response = setup.operator.admin.post("/plan-advisor", {"site_id": setup.site_id})
 
     assert problem(response, 422, "validation_error")["field"] == "driver_id"
+
+
+# -- the catalog snapshot: a write is seen by the very next quote ---------------------------------
+# Quotes read the catalog from a per-process snapshot checked against the operator's catalog
+# generation (services/catalog_cache.py). The API does not tell the cache about writes: each
+# test below would fail if a write did not bump the generation in its transaction, on this node
+# exactly as on another.
+def test_a_corrected_tariff_version_prices_the_next_quote(setup):
+    admin = setup.operator.admin
+    before = quote(admin, setup, **SESSION)
+    public_id = before["tariff"]["id"]
+    dearer = tariff_document(component("FLAT", "1.00"), component("ENERGY", "0.60"),
+                             component("PARKING_TIME", "6.00"))
+    response = admin.put(f"/tariffs/{public_id}/versions/1", {"document": dearer})
+    assert response.status_code == 200, response.text
+
+    after = quote(admin, setup, **SESSION)
+
+    # energy 20 x 0.60 = 12.00 / 14.40, idle 3.00 / 3.60, fee 1.00 / 1.20
+    assert cents(before) == (1400, 1680)
+    assert cents(after) == (1600, 1920)
+
+
+def test_a_new_tariff_assignment_prices_the_next_quote(setup):
+    admin = setup.operator.admin
+    quote(admin, setup, **SESSION)
+    cheap = setup.operator.new("tariffs", document=tariff_document(component("ENERGY", "0.10")))
+    setup.operator.new("tariff-assignments", tariff_id=cheap["id"], site_id=setup.site_id,
+                       valid_from="2025-06-01T00:00:00Z")
+
+    after = quote(admin, setup, **SESSION)
+
+    # the later valid_from wins: 20 kWh x 0.10 = 2.00 / 2.40, nothing else
+    assert after["tariff"]["id"] == cheap["id"]
+    assert cents(after) == (200, 240)
+
+
+def test_a_promotion_switched_off_is_gone_from_the_next_quote(setup):
+    admin = setup.operator.admin
+    spring = promotion(setup, name="Spring", benefit={"kind": "percent_off_energy",
+                                                      "percent": "10"})
+    with_it = quote(admin, setup, **SESSION)
+    response = admin.patch(f"/promotions/{spring['id']}", {"active": False})
+    assert response.status_code == 200, response.text
+
+    without = quote(admin, setup, **SESSION)
+
+    assert [a["promotion_id"] for a in with_it["applied_promotions"]] == [spring["id"]]
+    assert cents(with_it) == (1300, 1560)  # 10 % of 12.00 energy = 1.20 / 1.00
+    assert without["applied_promotions"] == [] and cents(without) == (1400, 1680)
+
+
+def test_a_loyalty_tier_created_applies_to_the_next_quote(engine, setup):
+    admin = setup.operator.admin
+    driver = setup.driver()
+    store(engine, setup, driver, "2025-05-31T10:00:00", "45", 90)
+    before = quote(admin, setup, driver_id=driver, **SESSION)
+    admin.create("loyalty-tiers", {"name": "Silver", "min_energy_kwh": "40", "benefit": {
+        "kind": "percent_off_energy", "percent": "5"}})
+
+    after = quote(admin, setup, driver_id=driver, **SESSION)
+
+    assert before["loyalty"] is None and cents(before) == (1400, 1680)
+    assert after["loyalty"]["tier"] == "Silver" and cents(after) == (1350, 1620)
+
+
+def test_an_edited_plan_prices_the_next_quote(setup):
+    admin = setup.operator.admin
+    future = {**SESSION, "start_at": "2099-06-10T10:00:00Z"}  # after the edit below
+    before = quote(admin, setup, plan_id=setup.payg, **future)
+    response = admin.patch(f"/plans/{setup.payg}", {"name": "Pay as you go 2"})
+    assert response.status_code == 200, response.text
+
+    after = quote(admin, setup, plan_id=setup.payg, **future)
+
+    assert (before["plan"]["name"], before["plan"]["version"]) == ("Pay as you go", 1)
+    assert (after["plan"]["name"], after["plan"]["version"]) == ("Pay as you go 2", 2)
+
+
+def test_a_site_time_zone_change_is_seen_by_the_next_quote(setup):
+    admin = setup.operator.admin
+    before = quote(admin, setup, **SESSION)
+    response = admin.patch(f"/sites/{setup.site_id}", {"time_zone": "America/New_York"})
+    assert response.status_code == 200, response.text
+
+    after = quote(admin, setup, **SESSION)
+
+    assert (before["time_zone"], after["time_zone"]) == (BERLIN, "America/New_York")
+
+
+def test_another_node_sees_a_write_at_once(app, engine, setup):
+    """Two processes = two caches over one database; the write goes through this node."""
+    other_node = CatalogCache()
+    req = QuoteRequest(operator_id=setup.operator.operator_id, site_id=setup.site_id,
+                       connector_id=None, start_at=utc("2025-06-10T10:00:00"),
+                       energy_milliwh=20 * KWH, charging_ms=60 * MINUTE, idle_ms=30 * MINUTE)
+
+    def other_node_total() -> int:
+        with engine.connect() as conn:
+            return quote_service(conn, req, other_node).priced.total_incl_vat.amount_minor
+
+    before = other_node_total()
+    promotion(setup, name="Spring", benefit={"kind": "percent_off_energy", "percent": "10"})
+    after = other_node_total()
+
+    assert (before, after) == (1680, 1560)
+
+
+def test_every_catalog_write_bumps_the_operator_catalog_generation(engine, setup):
+    operator, admin = setup.operator, setup.operator.admin
+
+    def generation() -> int:
+        with engine.connect() as conn:
+            return catalog_generation(conn, operator.operator_id)
+
+    site = operator.new("sites")
+    writes: list[tuple[str, Any]] = [
+        ("site", lambda: admin.patch(f"/sites/{site['id']}", {"vat_percent": "7.00"})),
+        ("connector", lambda: operator.new("connectors")),
+        ("tariff", lambda: operator.new("tariffs", document=PUBLIC)),
+        ("tariff version", lambda: admin.post(f"/tariffs/{setup_tariff}/versions",
+                                              {"document": PUBLIC})),
+        ("assignment", lambda: operator.new("tariff-assignments", tariff_id=setup_tariff,
+                                            site_id=site["id"])),
+        ("plan", lambda: admin.patch(f"/plans/{setup.payg}", {"name": "renamed"})),
+        ("promotion", lambda: promotion(setup, name="P", benefit={
+            "kind": "percent_off_energy", "percent": "1"})),
+        ("tier", lambda: admin.create("loyalty-tiers", {"name": "T", "min_energy_kwh": "1"})),
+        ("site deleted", lambda: admin.delete(f"/sites/{operator.new('sites')['id']}")),
+    ]
+    setup_tariff = quote(admin, setup, **SESSION)["tariff"]["id"]
+    for name, write in writes:
+        before = generation()
+        response = write()
+        if hasattr(response, "status_code"):
+            assert response.status_code < 300, (name, response.text)
+        assert generation() > before, name

@@ -12,6 +12,9 @@
   redemption counts, loyalty tiers and the driver's rolling energy, session history.
 * Use cases: create / edit plans, promotions and tiers; switch a driver's plan (proration by
   ``domain.plans.plan_change``, ``driver_plans`` rows: the old row ends, the new one starts).
+* Every write to plans, promotions or tiers bumps the operator's catalog generation in the same
+  transaction (``services/catalog_generation.py``): quotes read them from a per-process snapshot
+  (``services/catalog_cache.py``) that is trusted only while the generation is unchanged.
 
 Storage is reached through the Core schema on a connection the caller opened (one unit of
 work per call); the rules are the domain's (docs/plans.md).
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from decimal import Context, Decimal
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from evbilling.adapters.db import schema as s
@@ -80,6 +83,7 @@ from evbilling.domain.promotions import (
     tier_for,
     validate_tiers,
 )
+from evbilling.services.catalog_generation import bump_catalog_generation
 from evbilling.services.tariff_selection import NoTariffInForceError, TariffInForce, version_at
 
 # -- limits ---------------------------------------------------------------------------------------
@@ -349,6 +353,7 @@ def create_plan(conn: Connection, operator_id: str, *, kind: PlanKind, name: str
         currency=plan.currency.code, terms=plan_terms(plan), active=plan.active,
         version=plan.version, created_at=at))
     _insert_version(conn, plan, at)
+    bump_catalog_generation(conn, operator_id)
     return PlanRecord(plan, at, at)
 
 
@@ -369,6 +374,7 @@ def edit_plan(conn: Connection, operator_id: str, plan_id: str, changes: Mapping
     conn.execute(update(s.plans).where(s.plans.c.id == plan_id).values(
         name=plan.name, terms=plan_terms(plan), active=plan.active, version=plan.version))
     _insert_version(conn, plan, at)
+    bump_catalog_generation(conn, operator_id)
     return PlanRecord(plan, _aware(row.created_at), at)
 
 
@@ -440,6 +446,58 @@ def plan_usage(conn: Connection, driver: DriverRecord, plan: Plan, driver_plan: 
         c.started_at >= max(start, driver_plan.starts_at), c.started_at < at,
         c.energy_milliwh > 0)).scalar_one()
     return PlanUsage(plan.id, start, end, allowance, int(used))
+
+
+@dataclass(frozen=True, slots=True)
+class DriverFacts:
+    """What a quote needs about one driver at an instant, read in one query
+    (``driver_facts``)."""
+
+    driver: DriverRecord
+    plan: DriverPlanRow | None  # the driver_plans row in force (``driver_plan_at``)
+    sessions_before: int  # sessions that started before the instant (first-N promotions)
+    energy_milliwh_since: int  # energy of sessions started in [since, at), negative as 0
+
+
+_D = s.drivers.c
+_DP = s.driver_plans.c
+_CS = s.charging_sessions.c
+_DRIVER_FACTS = (
+    select(
+        _D.id, _D.operator_id, _D.time_zone,
+        _DP.id.label("driver_plan_id"), _DP.plan_id, _DP.starts_at, _DP.ends_at,
+        select(func.count()).where(
+            _CS.operator_id == bindparam("operator_id"), _CS.driver_id == bindparam("driver_id"),
+            _CS.started_at < bindparam("at")).scalar_subquery().label("sessions_before"),
+        select(func.coalesce(func.sum(case((_CS.energy_milliwh > 0, _CS.energy_milliwh),
+                                           else_=0)), 0)).where(
+            _CS.operator_id == bindparam("operator_id"), _CS.driver_id == bindparam("driver_id"),
+            _CS.started_at >= bindparam("since"), _CS.started_at < bindparam("at"),
+        ).scalar_subquery().label("energy_since"))
+    .select_from(s.drivers.outerjoin(s.driver_plans, and_(
+        _DP.driver_id == _D.id, _DP.operator_id == _D.operator_id,
+        _DP.starts_at <= bindparam("at"),
+        or_(_DP.ends_at.is_(None), _DP.ends_at > bindparam("at")))))
+    .where(_D.id == bindparam("driver_id"), _D.operator_id == bindparam("operator_id"))
+    .order_by(_DP.starts_at.desc()).limit(1))
+
+
+def driver_facts(conn: Connection, operator_id: str, driver_id: str, at: dt.datetime,
+                 since: dt.datetime | None = None) -> DriverFacts:
+    """The driver (``not_found`` for another operator's), their plan row at ``at``, how many
+    sessions they started before ``at`` and the energy of those started in [since, at) (the
+    loyalty window; 0 without ``since``): ``load_driver``, ``driver_plan_at``, the count of
+    ``promotion_context`` and the sum of ``loyalty_standing`` in one round trip."""
+    row = conn.execute(_DRIVER_FACTS, {"operator_id": operator_id, "driver_id": driver_id,
+                                       "at": at, "since": at if since is None else since}
+                       ).first()
+    if row is None:
+        raise NotFoundError(f"no driver {driver_id!r}")
+    plan = None if row.driver_plan_id is None else DriverPlanRow(
+        row.driver_plan_id, row.plan_id, _aware(row.starts_at),
+        None if row.ends_at is None else _aware(row.ends_at))
+    return DriverFacts(DriverRecord(row.id, row.operator_id, row.time_zone), plan,
+                       int(row.sessions_before), int(row.energy_since))
 
 
 @dataclass(frozen=True, slots=True)
@@ -597,6 +655,31 @@ def _redemptions(conn: Connection, promotion_ids: Sequence[str], driver_id: str 
     return {pid: int(n) for pid, n in conn.execute(query.group_by(c.promotion_id)).all()}
 
 
+_R = s.promotion_redemptions.c
+_REDEMPTION_COUNTS = select(
+    _R.promotion_id, func.count().label("total"),
+    func.sum(case((_R.driver_id == bindparam("driver_id"), 1), else_=0)).label("driver"),
+).where(_R.promotion_id.in_(bindparam("promotion_ids", expanding=True))
+        ).group_by(_R.promotion_id)
+
+
+def redemption_counts(conn: Connection, promotion_ids: Iterable[str], driver_id: str | None
+                      ) -> tuple[dict[str, int], dict[str, int]]:
+    """Redemptions of each promotion: in total, and by ``driver_id`` (empty without one), in
+    one query; promotions never redeemed are left out (they count 0)."""
+    ids = sorted(set(promotion_ids))
+    if not ids:
+        return {}, {}
+    total: dict[str, int] = {}
+    by_driver: dict[str, int] = {}
+    for row in conn.execute(_REDEMPTION_COUNTS, {"promotion_ids": ids,
+                                                 "driver_id": driver_id or ""}):
+        total[row.promotion_id] = int(row.total)
+        if driver_id is not None and row.driver:
+            by_driver[row.promotion_id] = int(row.driver)
+    return total, by_driver
+
+
 def _promotion_record(conn: Connection, row: Any) -> PromotionRecord:
     return PromotionRecord(promotion_from_row(row), _aware(row.created_at),
                            _redemptions(conn, [row.id]).get(row.id, 0))
@@ -670,6 +753,7 @@ def _store_promotion(conn: Connection, p: Promotion, *, creating: bool,
     except IntegrityError as exc:  # a concurrent writer took the code first
         raise AlreadyExistsError(f"code: another promotion has the code {p.code}",
                                  "code") from exc
+    bump_catalog_generation(conn, p.operator_id)
 
 
 def create_promotion(conn: Connection, operator_id: str, fields: Mapping[str, Any],
@@ -702,6 +786,7 @@ def delete_promotion(conn: Connection, operator_id: str, promotion_id: str) -> N
     if _redemptions(conn, [promotion_id]).get(promotion_id, 0):
         raise InUseError(f"promotion {promotion_id!r} was redeemed; set active to false")
     conn.execute(delete(s.promotions).where(s.promotions.c.id == promotion_id))
+    bump_catalog_generation(conn, operator_id)
 
 
 def _operator_promotions(conn: Connection, operator_id: str, *conditions: Any) -> list[Any]:
@@ -835,6 +920,7 @@ def save_tier(conn: Connection, operator_id: str, tier_id: str | None,
     else:
         conn.execute(update(s.loyalty_tiers).where(s.loyalty_tiers.c.id == tier_id)
                      .values(name=tier.name, terms=tier_terms(tier)))
+    bump_catalog_generation(conn, operator_id)
     return TierRecord(tier_id, tier, created_at)
 
 
@@ -843,6 +929,7 @@ def delete_tier(conn: Connection, operator_id: str, tier_id: str) -> None:
         s.loyalty_tiers.c.id == tier_id, s.loyalty_tiers.c.operator_id == operator_id))
     if result.rowcount == 0:
         raise NotFoundError(f"no loyalty tier {tier_id!r}")
+    bump_catalog_generation(conn, operator_id)
 
 
 @dataclass(frozen=True, slots=True)

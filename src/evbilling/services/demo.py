@@ -30,6 +30,7 @@ from evbilling.domain.rating import compile_tariff
 from evbilling.domain.tariffs import parse_tariff
 from evbilling.domain.timezones import zone
 from evbilling.services import catalog
+from evbilling.services.catalog_generation import bump_catalog_generation
 from evbilling.services.operators import create_operator
 from evbilling.services.tariff_selection import stored_tariff
 
@@ -162,6 +163,7 @@ def seed_demo(conn: Connection) -> str:
         add(s.users, "usr", email=login.email, password_hash=hash_password(DEMO_PASSWORD),
             role=login.role, driver_id=driver_ids.get(login.driver or ""), disabled=False)
     seed_catalog(conn, oid, at)
+    bump_catalog_generation(conn, oid)  # sites, chargers and the public tariff above
     return oid
 
 

@@ -39,20 +39,28 @@ from evbilling.domain.pricing import (
     price_session,
 )
 from evbilling.domain.profiles import synthesize_periods
-from evbilling.domain.promotions import MAX_PROMOTIONS_PER_CHARGE, Promotion
-from evbilling.domain.rating import RatedSession, compile_tariff
+from evbilling.domain.promotions import (
+    MAX_PROMOTIONS_PER_CHARGE,
+    LoyaltyTier,
+    Promotion,
+    PromotionContext,
+    tier_for,
+)
+from evbilling.domain.rating import RatedSession
 from evbilling.domain.tariffs import Tariff
 from evbilling.services import catalog
 from evbilling.services.catalog import LoyaltyStanding
-from evbilling.services.tariff_selection import tariff_in_force
+from evbilling.services.catalog_cache import (
+    CatalogCache,
+    CatalogSnapshot,
+    TariffVersion,
+    UnknownLocationError,
+)
+from evbilling.services.tariff_selection import NoTariffInForceError, tariff_in_force
 
 MAX_QUOTE_DURATION = dt.timedelta(days=7)
 #: The advisor's history window: the last 90 local days (and today so far).
 ADVISOR_WINDOW_DAYS = 90
-
-
-class UnknownLocationError(DomainError):
-    code = "not_found"
 
 
 class QuoteLimitError(DomainError):
@@ -148,7 +156,7 @@ def plan_tariffs(conn: Connection, plan: Plan, *, operator_id: str, site_id: str
             tariff)
 
 
-def quote(conn: Connection, req: QuoteRequest) -> Quote:
+def quote(conn: Connection, req: QuoteRequest, cache: CatalogCache | None = None) -> Quote:
     """Price a hypothetical session with the pricing pipeline (module doc).
 
     Plan usage: the driver's own plan uses their recorded usage of the period before the start;
@@ -156,22 +164,41 @@ def quote(conn: Connection, req: QuoteRequest) -> Quote:
     allowance, nothing used **(choice)**. Promotion history and loyalty need a driver.
     An unknown promo code raises ``unknown_promo_code`` (the caller counts it as a failed
     guess); a known one that does not apply is priced and reported with its reason.
+
+    The catalog (site, tariffs, plans, promotions, tiers) comes from ``cache``'s snapshot for
+    the operator, checked with one read of its generation (``services/catalog_cache.py``);
+    without a cache, from a snapshot made for this quote. What is the driver's own is read
+    fresh: their record, plan row, session count and loyalty energy in one query
+    (``catalog.driver_facts``), their plan usage, and redemption counts of the candidate
+    promotions that have caps.
     """
     if req.start_at.tzinfo is None:
         raise QuoteLimitError("start_at: give a time zone offset (e.g. Z)")
     if dt.timedelta(milliseconds=req.charging_ms + req.idle_ms) > MAX_QUOTE_DURATION:
         raise QuoteLimitError("charging_minutes + idle_minutes: at most 7 days")
     op, at = req.operator_id, req.start_at
-    site = _site_of(conn, op, req.site_id, req.connector_id)
-    driver = None if req.driver_id is None else catalog.load_driver(conn, op, req.driver_id)
-    driver_plan = None if driver is None else catalog.driver_plan_at(conn, op, driver.id, at)
+    snap = cache.snapshot(conn, op) if cache is not None else CatalogSnapshot(op, None)
+    if req.connector_id is not None:
+        site = snap.connector_site(conn, req.connector_id)
+        if req.site_id is not None and req.site_id != site.id:
+            raise QuoteLimitError("site_id: the connector belongs to another site")
+    else:
+        site = snap.site(conn, req.site_id or "")
+    tiers: tuple[LoyaltyTier, ...] = ()
+    driver_facts = None
+    if req.driver_id is not None:
+        tiers = snap.loyalty_tiers(conn)
+        since = at - dt.timedelta(days=tiers[0].window_days) if tiers else None
+        driver_facts = catalog.driver_facts(conn, op, req.driver_id, at, since)
+    driver = None if driver_facts is None else driver_facts.driver
+    driver_plan = None if driver_facts is None else driver_facts.plan
 
     plan: Plan | None = None
     if req.plan_id is not None:
-        plan = catalog.load_plan_at(conn, op, req.plan_id, at)
+        plan = snap.plan_at(conn, req.plan_id, at)
     elif driver_plan is not None:
-        plan = catalog.load_plan_at(conn, op, driver_plan.plan_id, at)
-    pricing_plan = plan or catalog.list_price_plan(op, site.currency)
+        plan = snap.plan_at(conn, driver_plan.plan_id, at)
+    pricing_plan = plan or snap.list_price_plan(site.currency)
     billing_zone = driver.time_zone if driver is not None else site.time_zone
 
     usage: PlanUsage | None = None
@@ -182,35 +209,60 @@ def quote(conn: Connection, req: QuoteRequest) -> Quote:
         else:
             usage = PlanUsage.for_period(pricing_plan, at, billing_zone)
 
-    tariffs, used, pricing_tariff = plan_tariffs(conn, pricing_plan, operator_id=op,
-                                           site_id=site.id, connector_id=req.connector_id,
-                                           at=at)
+    tariffs, used, version = _snapshot_plan_tariffs(
+        conn, snap, pricing_plan, site_id=site.id, connector_id=req.connector_id, at=at)
     start = epoch_ms(at)
-    periods = synthesize_periods(compile_tariff(pricing_tariff), site.time_zone, start,
+    periods = synthesize_periods(version.compiled, site.time_zone, start,
                                  req.charging_ms, req.energy_milliwh, req.idle_ms)
     facts = SessionFacts(periods, site.time_zone, start, start + req.charging_ms + req.idle_ms)
 
-    candidates: list[Promotion] = catalog.automatic_promotions(conn, op, at,
-                                                               pricing_plan.currency)
+    candidates: list[Promotion] = snap.automatic_promotions(conn, at, pricing_plan.currency)
     if req.promo_code is not None:
-        entered = catalog.promotion_by_code(conn, op, req.promo_code)
+        entered = snap.promotion_by_code(conn, req.promo_code)
         others = [p for p in candidates if p.id != entered.id]
         candidates = [*others[:MAX_PROMOTIONS_PER_CHARGE - 1], entered]
-    context = catalog.promotion_context(
-        conn, operator_id=op, driver_id=None if driver is None else driver.id,
-        plan_id=pricing_plan.id, site_id=site.id, promo_code=req.promo_code, at=at,
-        promotions=candidates)
+    driver_id = None if driver is None else driver.id
+    # Counts matter only against caps (``check_promotion``): read them for capped ones.
+    totals, by_driver = catalog.redemption_counts(
+        conn, (p.id for p in candidates if p.redemptions_max_total is not None
+               or (driver_id is not None and p.redemptions_max_per_driver is not None)),
+        driver_id)
+    context = PromotionContext(driver_id or "", pricing_plan.id, site.id, req.promo_code,
+                               0 if driver_facts is None else driver_facts.sessions_before,
+                               totals, by_driver)
     loyalty = None
-    if driver is not None:
-        loyalty = catalog.loyalty_standing(conn, op, driver.id, at,
-                                           catalog.loyalty_tiers(conn, op))
+    if driver_facts is not None and tiers:
+        energy = driver_facts.energy_milliwh_since
+        loyalty = LoyaltyStanding(tier_for(energy, tiers), energy, tiers[0].window_days)
 
     priced = price_session(PricingRequest(
         facts, pricing_plan, tariffs, usage=usage, promotions=tuple(candidates),
         promotion_context=context, loyalty_tier=None if loyalty is None else loyalty.tier))
-    return Quote(site.id, site.time_zone, site.currency,
-                 None if driver is None else driver.id, plan, used, facts, priced, usage,
-                 loyalty)
+    return Quote(site.id, site.time_zone, site.currency, driver_id, plan, used, facts, priced,
+                 usage, loyalty)
+
+
+def _snapshot_plan_tariffs(conn: Connection, snap: CatalogSnapshot, plan: Plan, *,
+                           site_id: str, connector_id: str | None, at: dt.datetime
+                           ) -> tuple[PlanTariffs, PricingTariff, TariffVersion]:
+    """``plan_tariffs`` on a catalog snapshot."""
+    tariff_id = plan.tariff_id
+    if tariff_id is None:
+        real_plan = plan.id != catalog.LIST_PRICE_PLAN_ID
+        version = snap.tariff_in_force(conn, site_id=site_id, connector_id=connector_id,
+                                       plan_id=plan.id if real_plan else None, at=at)
+        return (PlanTariffs(public=version.tariff),
+                PricingTariff(tariff_id=version.tariff_id, version_id=version.version_id,
+                              version=version.version, role="public"), version)
+    try:
+        version = snap.version_at(conn, tariff_id, at)
+    except NoTariffInForceError as exc:
+        raise catalog.NotFoundError(f"no tariff {tariff_id!r}") from exc
+    if plan.kind is PlanKind.SUBSCRIPTION:
+        tariffs, role = PlanTariffs(member=version.tariff), "member"
+    else:
+        tariffs, role = PlanTariffs(fallback=version.tariff), "fallback"
+    return tariffs, PricingTariff(tariff_id, version.version_id, version.version, role), version
 
 
 # -- plan advisor ---------------------------------------------------------------------------------

@@ -502,3 +502,14 @@ audit_log = Table(
     Column("source_ip", String(64), nullable=True),
     Column("detail", Text, nullable=True),
 )
+
+#: One row per operator whose catalog changed: ``generation`` goes up by one in the same
+#: transaction as every change to what a quote reads (sites, chargers, EVSEs, connectors,
+#: tariffs, tariff versions and assignments, plans and plan versions, promotions, loyalty tiers).
+#: Processes keep a snapshot of that catalog and trust it while the generation is unchanged
+#: (``services/catalog_cache.py``). No row = generation 0.
+catalog_generations = Table(
+    "catalog_generations", metadata,
+    Column("operator_id", String(ID), ForeignKey("operators.id"), primary_key=True),
+    Column("generation", BigInteger, nullable=False),
+)

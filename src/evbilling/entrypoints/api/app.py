@@ -26,6 +26,7 @@ from evbilling.entrypoints.api import (
 from evbilling.entrypoints.api.crud import build_router
 from evbilling.entrypoints.api.resources import resources
 from evbilling.entrypoints.ocpp import ConnectionRegistry, mount_ocpp
+from evbilling.services.catalog_cache import CatalogCache
 from evbilling.services.ports import ChargingPort
 
 logger = logging.getLogger("evbilling.api")
@@ -107,6 +108,8 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None,
         lifespan=lifespan,
     )
     app.state.engine = engine
+    # quotes read the catalog from per-operator snapshots checked by generation
+    app.state.catalog_cache = CatalogCache()
     app.state.background = []  # objects with async start() / stop(), in start order
     errors.install(app)
     notifications.setup(app, engine)  # app.state.notifications: the charging service's sink

@@ -30,6 +30,7 @@ from evbilling.entrypoints.api.auth import (
     require_role,
 )
 from evbilling.entrypoints.api.errors import ApiError
+from evbilling.services.catalog_generation import bump_catalog_generation
 
 MAX_PAGE = 100
 
@@ -58,6 +59,9 @@ class Resource:
     #: Checks a PATCH against the stored row (rules that span stored and new values).
     check_update: Callable[[Any, dict[str, Any]], None] | None = None
     lowercase_filters: tuple[str, ...] = ()  # filters on columns stored in lower case
+    #: Quotes read these rows from a per-process snapshot: every write bumps the operator's
+    #: catalog generation in its transaction (``services/catalog_generation.py``).
+    catalog: bool = False
 
 
 def _scoped(res: Resource, principal: Principal) -> list[Any]:
@@ -150,6 +154,8 @@ def build_router(res: Resource) -> APIRouter:
             if res.audited:
                 audit(conn, operator_id=principal.operator_id, actor=principal.actor,
                       action=f"{res.name}.create", target=values["id"], outcome="success")
+            if res.catalog:
+                bump_catalog_generation(conn, principal.operator_id)
             row = conn.execute(select(res.table).where(c.id == values["id"])).one()
         response.status_code = 201
         return _out(res, row)
@@ -187,6 +193,8 @@ def build_router(res: Resource) -> APIRouter:
                 if res.audited:
                     audit(conn, operator_id=principal.operator_id, actor=principal.actor,
                           action=f"{res.name}.update", target=row_id, outcome="success")
+                if res.catalog and values:
+                    bump_catalog_generation(conn, principal.operator_id)
                 row = conn.execute(select(res.table).where(*scoped)).one()
             return _out(res, row)
 
@@ -210,6 +218,8 @@ def build_router(res: Resource) -> APIRouter:
                 if res.audited:
                     audit(conn, operator_id=principal.operator_id, actor=principal.actor,
                           action=f"{res.name}.delete", target=row_id, outcome="success")
+                if res.catalog:
+                    bump_catalog_generation(conn, principal.operator_id)
             return Response(status_code=204)
 
     return router

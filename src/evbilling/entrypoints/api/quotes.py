@@ -116,7 +116,7 @@ async def create_quote(body: QuoteIn, request: Request, principal: CurrentPrinci
         driver_id=driver_id, promo_code=body.promo_code)
     with request.app.state.engine.connect() as conn:
         try:
-            result = quote(conn, req)
+            result = quote(conn, req, request.app.state.catalog_cache)
         except UnknownPromoCodeError:
             promo_limiter.failed(guesser, source)
             raise

@@ -32,6 +32,7 @@ from evbilling.entrypoints.api.auth import (
 )
 from evbilling.entrypoints.api.errors import ApiError
 from evbilling.entrypoints.api.resources import Strict
+from evbilling.services.catalog_generation import bump_catalog_generation
 
 router = APIRouter(prefix="/tariffs", tags=["tariffs"])
 
@@ -116,6 +117,7 @@ def create_tariff(body: TariffCreate, exact: ExactJson, request: Request,
             version=1, document=canonical(parsed), created_at=created))
         audit(conn, operator_id=principal.operator_id, actor=principal.actor,
               action="tariffs.create", target=tariff_id, outcome="success")
+        bump_catalog_generation(conn, principal.operator_id)
         return _tariff_out(_get_tariff(conn, tariff_id, principal.operator_id),
                            _latest(conn, tariff_id))
 
@@ -182,6 +184,7 @@ def create_version(tariff_id: str, body: VersionCreate, exact: ExactJson, reques
                            "retry") from exc
         audit(conn, operator_id=principal.operator_id, actor=principal.actor,
               action="tariffs.version", target=f"{tariff_id}@{version}", outcome="success")
+        bump_catalog_generation(conn, principal.operator_id)
         return _tariff_out(tariff, _latest(conn, tariff_id))
 
 
@@ -208,4 +211,5 @@ def replace_version(tariff_id: str, version: int, body: VersionCreate, exact: Ex
         audit(conn, operator_id=principal.operator_id, actor=principal.actor,
               action="tariffs.replace_version", target=f"{tariff_id}@{version}",
               outcome="success")
+        bump_catalog_generation(conn, principal.operator_id)
         return _tariff_out(tariff, _latest(conn, tariff_id))
