@@ -254,6 +254,21 @@ def test_a_live_preview_from_the_rater_equals_pricing_the_same_periods_from_scra
     assert outcome(pricing.price_session, live) == outcome(pricing.price_session, from_scratch)
 
 
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(case=cases())
+def test_a_running_session_is_priced_as_the_reference_at_every_period(
+        case: dict[str, Any]) -> None:
+    """The charging service re-prices one session at every meter sample with the same
+    promotion objects and a growing spend: the remembered promotion checks (and what the
+    rater keeps between snapshots) must not change an answer."""
+    facts = case["session"]
+    for n in range(1, len(facts.periods) + 1):
+        prefix = dataclasses.replace(facts, periods=facts.periods[:n], end_epoch_ms=None)
+        new, old = requests({**case, "session": prefix, "live": True})
+        assert outcome(pricing.price_session, new) == outcome(reference.price_session, old)
+
+
 # -- the rater's exact sums ---------------------------------------------------------------------
 
 

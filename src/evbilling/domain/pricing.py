@@ -19,6 +19,17 @@
    rational the rating engine's full precision gives; totals are exact sums of the lines;
    a VAT summary per rate.
 
+How (a live session is re-priced at every meter sample, so this is a hot path): the lines come
+from the rater's per-element sums (``RatedSession.billed``, O(tariff elements)), not from its
+per-period ``Decimal`` breakdown; periods are visited one by one only as far as an allowance
+reaches. Amounts are integer numerators over the rating engine's ``MONEY_DENOMINATOR`` (incl.
+VAT: times ``VAT_SCALE``), each line rounded once from its numerator. Invariants, all
+``require``: the charged lines add up to the engine's exact total when nothing is covered or
+bounded (every call); and, where the session is rated here (``PricingRequest.rated`` None:
+settlement, quotes, the advisor), the per-element sums equal the per-period breakdown summed,
+an O(periods) cross-check a live preview skips. ``tests/unit/test_pricing_fast.py`` checks
+the result against the previous per-period implementation field by field.
+
 The answer depends only on the request: the same periods give the same lines whether the
 session is still running (live) or finished. Pass the ``PlanUsage`` as it was when the session
 started; ``usage_after`` is what to store when the session settles.
@@ -30,6 +41,8 @@ driver may choose, with period fees and allowances, and returns them cheapest fi
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -597,13 +610,21 @@ def _benefit_lines(coverage: _Coverage, plan: Plan, currency: Currency) -> list[
             f"Charging time covered by the plan {duration_text(coverage.time_covered_ms)}",
             zero, zero, None, coverage.time_covered_ms, QuantityUnit.MS, source_id=plan.id))
     for q in coverage.waived:
-        fee = Money(_minor(q.price_micro * q.quantity * _dimension(q).factor,
-                           MONEY_DENOMINATOR, currency), currency)
-        lines.append(PriceLine(
-            LineKind.PLAN_BENEFIT, LineCode.SESSION_FEE_WAIVED,
-            f"Session fee {fee} waived ({plan.kind.value.replace('_', ' ')})", zero, zero,
-            None, 1, QuantityUnit.SESSION, price_decimal(q.price_micro), plan.id))
+        lines.append(_waived_fee_line(plan.kind, plan.id, currency, q.price_micro))
     return lines
+
+
+@lru_cache(maxsize=1024)
+def _waived_fee_line(kind: PlanKind, plan_id: str, currency: Currency, price_micro: int
+                     ) -> PriceLine:
+    """The same line at every meter sample of a session: made once."""
+    zero = Money.zero(currency)
+    fee = Money(_minor(price_micro * _DIMENSIONS["FLAT"].factor, MONEY_DENOMINATOR, currency),
+                currency)
+    return PriceLine(
+        LineKind.PLAN_BENEFIT, LineCode.SESSION_FEE_WAIVED,
+        f"Session fee {fee} waived ({kind.value.replace('_', ' ')})", zero, zero,
+        None, 1, QuantityUnit.SESSION, price_decimal(price_micro), plan_id)
 
 
 # -- step 2b: the tariff's min / max price --------------------------------------------------------
@@ -720,13 +741,12 @@ def _apply_discounts(base: DiscountBase, promotions: Sequence[Promotion],
                 "the promotion context is for the plan being priced")
     if context is not None:
         spend = base.total_incl_minor if purpose is Purpose.SESSION else None
-        checks = [check_promotion(p, context, at=at, time_zone=time_zone, purpose=purpose,
-                                  currency=base.currency,
-                                  plan_promotions_eligible=plan.promotions_eligible,
-                                  spend_minor=spend) for p in promotions]
+        checks = [_check_promotion(p, context, at, time_zone, purpose, base.currency,
+                                   plan.promotions_eligible, spend) for p in promotions]
     eligible = [p for p, c in zip(promotions, checks, strict=True) if c.eligible]
-    if not eligible and (loyalty is None or loyalty.benefit is None):
-        # What apply_promotions gives for no promotions and no loyalty benefit.
+    if not eligible and (loyalty is None or loyalty.benefit is None or not base.cells):
+        # What apply_promotions gives without promotions, when loyalty has no benefit or
+        # there is no amount for it to discount (a discount never takes a target below 0).
         return _Discounts((), (), tuple(checks))
     outcome = apply_promotions(base, eligible, loyalty)
     lines = tuple(line for d in outcome.discounts for line in _discount_lines(d, base.currency))
@@ -736,6 +756,47 @@ def _apply_discounts(base: DiscountBase, promotions: Sequence[Promotion],
         for d in outcome.discounts if d.source is DiscountSource.PROMOTION)
     refused = tuple(c for c in checks if not c.eligible) + outcome.not_applied
     return _Discounts(lines, applied, refused)
+
+
+_CHECKS_MAX = 4096
+_checks: OrderedDict[tuple[object, ...], tuple[Promotion, PromotionContext, PromotionCheck]] = (
+    OrderedDict())
+_checks_lock = threading.Lock()
+
+
+def _check_promotion(promotion: Promotion, context: PromotionContext, at: dt.datetime,
+                     time_zone: str, purpose: Purpose, currency: Currency, plan_ok: bool,
+                     spend_minor: int | None) -> PromotionCheck:
+    """``check_promotion``, remembered for the same promotion, context and charge.
+
+    A live session is re-priced at every meter sample with the same (immutable) promotions
+    and context; only the spend grows. The spend decides only the last refusal of the
+    precedence (``min_spend_not_met``, docs/plans.md), so the answer without the spend is
+    kept per (promotion, context) object and the check is run again, with the spend, only
+    for a promotion that passes everything else and has a minimum spend. The cache holds the
+    objects themselves (an id is not reused while its entry lives) and is bounded (least
+    recently used out)."""
+    key = (id(promotion), id(context), at, time_zone, purpose, currency, plan_ok)
+    with _checks_lock:
+        entry = _checks.get(key)
+        if entry is not None and entry[0] is promotion and entry[1] is context:
+            _checks.move_to_end(key)
+            check = entry[2]
+        else:
+            check = None
+    if check is None:
+        check = check_promotion(promotion, context, at=at, time_zone=time_zone,
+                                purpose=purpose, currency=currency,
+                                plan_promotions_eligible=plan_ok)
+        with _checks_lock:
+            _checks[key] = (promotion, context, check)
+            while len(_checks) > _CHECKS_MAX:
+                _checks.popitem(last=False)
+    if check.eligible and promotion.min_spend_minor is not None and spend_minor is not None:
+        return check_promotion(promotion, context, at=at, time_zone=time_zone,
+                               purpose=purpose, currency=currency,
+                               plan_promotions_eligible=plan_ok, spend_minor=spend_minor)
+    return check
 
 
 def _discount_lines(discount: Discount, currency: Currency) -> list[PriceLine]:
