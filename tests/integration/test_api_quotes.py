@@ -22,8 +22,8 @@ import pytest
 from evbilling.domain.periods import ChargingPeriod, SessionFacts, epoch_ms
 from evbilling.entrypoints.api.limits import promo_limiter
 from evbilling.services.catalog import store_session
-from evbilling.services.catalog_cache import CatalogCache
-from evbilling.services.catalog_generation import catalog_generation
+from evbilling.services.catalog_cache import CatalogCache, ReadConnection
+from evbilling.services.catalog_generation import GenerationReader, catalog_generation
 from evbilling.services.quotes import QuoteRequest
 from evbilling.services.quotes import quote as quote_service
 
@@ -563,14 +563,14 @@ def test_a_site_time_zone_change_is_seen_by_the_next_quote(setup):
 
 def test_another_node_sees_a_write_at_once(app, engine, setup):
     """Two processes = two caches over one database; the write goes through this node."""
-    other_node = CatalogCache()
+    other_node = CatalogCache(GenerationReader(engine))
     req = QuoteRequest(operator_id=setup.operator.operator_id, site_id=setup.site_id,
                        connector_id=None, start_at=utc("2025-06-10T10:00:00"),
                        energy_milliwh=20 * KWH, charging_ms=60 * MINUTE, idle_ms=30 * MINUTE)
 
     def other_node_total() -> int:
-        with engine.connect() as conn:
-            return quote_service(conn, req, other_node).priced.total_incl_vat.amount_minor
+        with ReadConnection(engine) as connect:
+            return quote_service(connect, req, other_node).priced.total_incl_vat.amount_minor
 
     before = other_node_total()
     promotion(setup, name="Spring", benefit={"kind": "percent_off_energy", "percent": "10"})
@@ -608,3 +608,16 @@ def test_every_catalog_write_bumps_the_operator_catalog_generation(engine, setup
         if hasattr(response, "status_code"):
             assert response.status_code < 300, (name, response.text)
         assert generation() > before, name
+
+
+def test_the_generation_reader_reconnects_after_losing_its_connection(engine, setup):
+    reader = GenerationReader(engine)
+    operator_id = setup.operator.operator_id
+    before = reader.generation(operator_id)
+    reader._connection.dbapi_connection.close()  # the database restarted, the network dropped
+    promotion(setup, name="Spring", benefit={"kind": "percent_off_energy", "percent": "10"})
+
+    after = reader.generation(operator_id)
+    reader.close()
+
+    assert after == before + 1

@@ -8,9 +8,12 @@ operator and checks it with one primary-key read: the operator's catalog generat
 The snapshot is used only when it was made under the generation just read; otherwise a new,
 empty one replaces it. So a write committed on any node is seen by the next quote on every node.
 
-Entries are read lazily, on first use, through the caller's connection, always *after* that
-connection read the generation: an entry is never older than its snapshot's generation (it may
-be newer, which the next generation check then replaces anyway). Only what exists is kept: a
+The API checks the generation with a ``GenerationReader`` (one bare query on a connection of its
+own, about 10 us on SQLite) and opens a pooled connection only if something must be read
+(``ReadConnection``): a quote without a driver that the snapshot answers whole reads nothing
+else. Entries are read lazily, on first use, on a connection whose reads all come *after* the
+generation read: an entry is never older than its snapshot's generation (it may be newer, which
+the next generation check then replaces anyway). Only what exists is kept: a
 missing site, connector or code is looked up again next time, so rows written without a bump
 (which would be a bug) still appear.
 
@@ -27,11 +30,12 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BindParameter, Connection, bindparam, select
+from sqlalchemy import BindParameter, Connection, Engine, bindparam, select
 
 from evbilling.adapters.db import schema as s
 from evbilling.domain.money import Currency
@@ -45,8 +49,11 @@ from evbilling.domain.promotions import (
 from evbilling.domain.rating import CompiledTariff, compile_tariff
 from evbilling.domain.tariffs import Tariff
 from evbilling.services import catalog
-from evbilling.services.catalog_generation import catalog_generation
+from evbilling.services.catalog_generation import GenerationReader, catalog_generation
 from evbilling.services.tariff_selection import NoTariffInForceError, stored_tariff
+
+#: Opens (or returns) the caller's read connection; called only when a row must be read.
+Connect = Callable[[], Connection]
 
 #: Operators whose snapshot one process keeps.
 MAX_OPERATORS = 256
@@ -159,10 +166,10 @@ class CatalogSnapshot:
         self._tiers: tuple[LoyaltyTier, ...] | None = None
 
     # -- locations --------------------------------------------------------------------------------
-    def site(self, conn: Connection, site_id: str) -> SiteInfo:
+    def site(self, connect: Connect, site_id: str) -> SiteInfo:
         found = self._sites.get(site_id)
         if found is None:
-            row = conn.execute(_SITE, {"site_id": site_id,
+            row = connect().execute(_SITE, {"site_id": site_id,
                                        "operator_id": self.operator_id}).first()
             if row is None:
                 raise UnknownLocationError(f"no site {site_id!r}")
@@ -170,37 +177,37 @@ class CatalogSnapshot:
             _keep(self._sites, site_id, found)
         return found
 
-    def connector_site(self, conn: Connection, connector_id: str) -> SiteInfo:
+    def connector_site(self, connect: Connect, connector_id: str) -> SiteInfo:
         site_id = self._connector_sites.get(connector_id)
         if site_id is None:
-            site_id = conn.execute(_CONNECTOR_SITE, {"connector_id": connector_id,
+            site_id = connect().execute(_CONNECTOR_SITE, {"connector_id": connector_id,
                                                      "operator_id": self.operator_id}).scalar()
             if site_id is None:
                 raise UnknownLocationError(f"no connector {connector_id!r}")
             _keep(self._connector_sites, connector_id, site_id)
-        return self.site(conn, site_id)
+        return self.site(connect, site_id)
 
     # -- tariffs ----------------------------------------------------------------------------------
-    def _assignments(self, conn: Connection, memo: dict[str, tuple[Assignment, ...]],
+    def _assignments(self, connect: Connect, memo: dict[str, tuple[Assignment, ...]],
                      statement: Any, name: str, key: str) -> tuple[Assignment, ...]:
         found = memo.get(key)
         if found is None:
-            rows = conn.execute(statement, {name: key, "operator_id": self.operator_id})
+            rows = connect().execute(statement, {name: key, "operator_id": self.operator_id})
             found = tuple(Assignment(r.id, r.tariff_id, r.site_id, r.connector_id, r.plan_id,
                                      r.valid_from, r.valid_to) for r in rows)
             _keep(memo, key, found)
         return found
 
-    def tariff_in_force(self, conn: Connection, *, site_id: str, connector_id: str | None,
+    def tariff_in_force(self, connect: Connect, *, site_id: str, connector_id: str | None,
                         plan_id: str | None, at: dt.datetime) -> TariffVersion:
         """``tariff_selection.tariff_in_force`` on the snapshot: a connector assignment beats
         a site one, a per-plan one beats a generic one, then the latest ``valid_from``."""
-        candidates = list(self._assignments(conn, self._site_assignments, _SITE_ASSIGNMENTS,
+        candidates = list(self._assignments(connect, self._site_assignments, _SITE_ASSIGNMENTS,
                                             "site_id", site_id))
         if connector_id is not None:
             seen = {a.id for a in candidates}
             candidates += [a for a in self._assignments(
-                conn, self._connector_assignments, _CONNECTOR_ASSIGNMENTS, "connector_id",
+                connect, self._connector_assignments, _CONNECTOR_ASSIGNMENTS, "connector_id",
                 connector_id) if a.id not in seen]
             candidates.sort(key=lambda a: a.id)
         in_force = [a for a in candidates
@@ -214,14 +221,14 @@ class CatalogSnapshot:
             return (int(a.connector_id is not None and a.connector_id == connector_id),
                     int(a.plan_id is not None), a.valid_from)
 
-        return self.version_at(conn, max(in_force, key=rank).tariff_id, at)
+        return self.version_at(connect, max(in_force, key=rank).tariff_id, at)
 
-    def version_at(self, conn: Connection, tariff_id: str, at: dt.datetime) -> TariffVersion:
+    def version_at(self, connect: Connect, tariff_id: str, at: dt.datetime) -> TariffVersion:
         """``tariff_selection.version_at``: the newest version created at or before ``at``;
         before the first, the first."""
         versions = self._versions.get(tariff_id)
         if versions is None:
-            rows = conn.execute(_VERSIONS, {"tariff_id": tariff_id,
+            rows = connect().execute(_VERSIONS, {"tariff_id": tariff_id,
                                             "operator_id": self.operator_id}).fetchall()
             versions = tuple(self._version(tariff_id, r) for r in rows)
             if versions:
@@ -238,16 +245,16 @@ class CatalogSnapshot:
                              compile_tariff(tariff))
 
     # -- plans ------------------------------------------------------------------------------------
-    def plan_at(self, conn: Connection, plan_id: str, at: dt.datetime) -> Plan:
+    def plan_at(self, connect: Connect, plan_id: str, at: dt.datetime) -> Plan:
         """``catalog.load_plan_at``: the version in force at ``at`` (``not_found`` for
         another operator's plan)."""
         history = self._plans.get(plan_id)
         if history is None:
-            plan = conn.execute(_PLAN, {"plan_id": plan_id,
+            plan = connect().execute(_PLAN, {"plan_id": plan_id,
                                         "operator_id": self.operator_id}).first()
             if plan is None:
                 raise catalog.NotFoundError(f"no plan {plan_id!r}")
-            rows = conn.execute(_PLAN_VERSIONS, {"plan_id": plan_id}).fetchall()
+            rows = connect().execute(_PLAN_VERSIONS, {"plan_id": plan_id}).fetchall()
             history = PlanHistory(tuple((r.created_at, catalog.plan_from_terms(
                 plan_id=plan.id, operator_id=plan.operator_id, kind=plan.kind, name=r.name,
                 currency=plan.currency, terms=r.terms, active=r.active, version=r.version))
@@ -263,24 +270,24 @@ class CatalogSnapshot:
         return plan
 
     # -- promotions and loyalty -------------------------------------------------------------------
-    def automatic_promotions(self, conn: Connection, at: dt.datetime, currency: Currency
+    def automatic_promotions(self, connect: Connect, at: dt.datetime, currency: Currency
                              ) -> list[Promotion]:
         """``catalog.automatic_promotions``: active automatic promotions in ``currency`` whose
         window contains ``at``, in priority order, at most ``MAX_PROMOTIONS_PER_CHARGE``."""
         if self._automatic is None:
-            rows = conn.execute(_AUTOMATIC, {"operator_id": self.operator_id})
+            rows = connect().execute(_AUTOMATIC, {"operator_id": self.operator_id})
             self._automatic = tuple(sorted((catalog.promotion_from_row(r) for r in rows),
                                            key=Promotion.order_key))
         return [p for p in self._automatic
                 if p.currency == currency and p.starts_at <= at
                 and (p.ends_at is None or at < p.ends_at)][:MAX_PROMOTIONS_PER_CHARGE]
 
-    def promotion_by_code(self, conn: Connection, code: str) -> Promotion:
+    def promotion_by_code(self, connect: Connect, code: str) -> Promotion:
         """``catalog.promotion_by_code``; ``unknown_promo_code`` is never kept."""
         normalized = normalize_code(code)
         found = self._codes.get(normalized)
         if found is None:
-            row = conn.execute(_BY_CODE, {"operator_id": self.operator_id,
+            row = connect().execute(_BY_CODE, {"operator_id": self.operator_id,
                                           "code": normalized}).first()
             if row is None:
                 raise catalog.UnknownPromoCodeError("no promotion has this code")
@@ -288,25 +295,39 @@ class CatalogSnapshot:
             _keep(self._codes, normalized, found)
         return found
 
-    def loyalty_tiers(self, conn: Connection) -> tuple[LoyaltyTier, ...]:
+    def loyalty_tiers(self, connect: Connect) -> tuple[LoyaltyTier, ...]:
         if self._tiers is None:
-            self._tiers = tuple(catalog.tier_from_row(r) for r in conn.execute(
+            self._tiers = tuple(catalog.tier_from_row(r) for r in connect().execute(
                 _TIERS, {"operator_id": self.operator_id}))
         return self._tiers
 
 
 class CatalogCache:
-    """This process's snapshots, one per operator (least recently used out)."""
+    """This process's snapshots, one per operator (least recently used out).
 
-    def __init__(self, max_operators: int = MAX_OPERATORS) -> None:
+    With a ``GenerationReader`` (the API's), ``current`` checks a snapshot without a pooled
+    connection; ``snapshot`` reads the generation on the caller's connection."""
+
+    def __init__(self, reader: GenerationReader | None = None,
+                 max_operators: int = MAX_OPERATORS) -> None:
+        self.reader = reader
         self.max_operators = max_operators
         self._snapshots: OrderedDict[str, CatalogSnapshot] = OrderedDict()
         self._lock = threading.Lock()
 
+    def current(self, operator_id: str) -> CatalogSnapshot:
+        """The operator's snapshot as of its generation now (read by ``reader``). Rows the
+        snapshot still has to load must be read on connections opened after this call."""
+        if self.reader is None:
+            raise RuntimeError("CatalogCache.current needs a GenerationReader")
+        return self._for(operator_id, self.reader.generation(operator_id))
+
     def snapshot(self, conn: Connection, operator_id: str) -> CatalogSnapshot:
         """The operator's snapshot as of the generation ``conn`` reads now. Call it first in
         the transaction, before reading anything the snapshot may load."""
-        generation = catalog_generation(conn, operator_id)
+        return self._for(operator_id, catalog_generation(conn, operator_id))
+
+    def _for(self, operator_id: str, generation: int) -> CatalogSnapshot:
         with self._lock:
             current = self._snapshots.get(operator_id)
             if current is not None and current.generation == generation:
@@ -322,3 +343,36 @@ class CatalogCache:
     def clear(self) -> None:
         with self._lock:
             self._snapshots.clear()
+
+    def close(self) -> None:
+        self.clear()
+        if self.reader is not None:
+            self.reader.close()
+
+
+class ReadConnection:
+    """A read connection opened on first call and closed with the ``with`` block, so a quote
+    the snapshot answers whole opens none. On PostgreSQL in autocommit mode: no BEGIN and
+    ROLLBACK round trips (each statement sees what was committed before it, as under READ
+    COMMITTED). SQLite keeps its deferred read transaction (changing a pooled SQLite
+    connection's isolation level would undo ``engine._sqlite_pragmas``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._connection: Connection | None = None
+
+    def __call__(self) -> Connection:
+        if self._connection is None:
+            connection = self._engine.connect()
+            if self._engine.dialect.name == "postgresql":
+                connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            self._connection = connection
+        return self._connection
+
+    def __enter__(self) -> ReadConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

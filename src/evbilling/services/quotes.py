@@ -53,6 +53,7 @@ from evbilling.services.catalog import LoyaltyStanding
 from evbilling.services.catalog_cache import (
     CatalogCache,
     CatalogSnapshot,
+    Connect,
     TariffVersion,
     UnknownLocationError,
 )
@@ -156,7 +157,7 @@ def plan_tariffs(conn: Connection, plan: Plan, *, operator_id: str, site_id: str
             tariff)
 
 
-def quote(conn: Connection, req: QuoteRequest, cache: CatalogCache | None = None) -> Quote:
+def quote(connect: Connect, req: QuoteRequest, cache: CatalogCache | None = None) -> Quote:
     """Price a hypothetical session with the pricing pipeline (module doc).
 
     Plan usage: the driver's own plan uses their recorded usage of the period before the start;
@@ -165,39 +166,46 @@ def quote(conn: Connection, req: QuoteRequest, cache: CatalogCache | None = None
     An unknown promo code raises ``unknown_promo_code`` (the caller counts it as a failed
     guess); a known one that does not apply is priced and reported with its reason.
 
-    The catalog (site, tariffs, plans, promotions, tiers) comes from ``cache``'s snapshot for
-    the operator, checked with one read of its generation (``services/catalog_cache.py``);
-    without a cache, from a snapshot made for this quote. What is the driver's own is read
-    fresh: their record, plan row, session count and loyalty energy in one query
-    (``catalog.driver_facts``), their plan usage, and redemption counts of the candidate
-    promotions that have caps.
+    ``connect`` opens (or returns) the read connection; it is called only when something
+    must be read, and must not have read before this call. The catalog (site, tariffs, plans,
+    promotions, tiers) comes from ``cache``'s snapshot for the operator, checked with one read
+    of its generation (``services/catalog_cache.py``; by the cache's ``GenerationReader`` when
+    it has one, so a quote the snapshot answers whole opens no connection); without a cache,
+    from a snapshot made for this quote. What is the driver's own is read fresh: their record,
+    plan row, session count and loyalty energy in one query (``catalog.driver_facts``), their
+    plan usage, and the redemption counts of candidate promotions that have caps.
     """
     if req.start_at.tzinfo is None:
         raise QuoteLimitError("start_at: give a time zone offset (e.g. Z)")
     if dt.timedelta(milliseconds=req.charging_ms + req.idle_ms) > MAX_QUOTE_DURATION:
         raise QuoteLimitError("charging_minutes + idle_minutes: at most 7 days")
     op, at = req.operator_id, req.start_at
-    snap = cache.snapshot(conn, op) if cache is not None else CatalogSnapshot(op, None)
+    if cache is None:
+        snap = CatalogSnapshot(op, None)
+    elif cache.reader is not None:
+        snap = cache.current(op)
+    else:
+        snap = cache.snapshot(connect(), op)
     if req.connector_id is not None:
-        site = snap.connector_site(conn, req.connector_id)
+        site = snap.connector_site(connect, req.connector_id)
         if req.site_id is not None and req.site_id != site.id:
             raise QuoteLimitError("site_id: the connector belongs to another site")
     else:
-        site = snap.site(conn, req.site_id or "")
+        site = snap.site(connect, req.site_id or "")
     tiers: tuple[LoyaltyTier, ...] = ()
     driver_facts = None
     if req.driver_id is not None:
-        tiers = snap.loyalty_tiers(conn)
+        tiers = snap.loyalty_tiers(connect)
         since = at - dt.timedelta(days=tiers[0].window_days) if tiers else None
-        driver_facts = catalog.driver_facts(conn, op, req.driver_id, at, since)
+        driver_facts = catalog.driver_facts(connect(), op, req.driver_id, at, since)
     driver = None if driver_facts is None else driver_facts.driver
     driver_plan = None if driver_facts is None else driver_facts.plan
 
     plan: Plan | None = None
     if req.plan_id is not None:
-        plan = snap.plan_at(conn, req.plan_id, at)
+        plan = snap.plan_at(connect, req.plan_id, at)
     elif driver_plan is not None:
-        plan = snap.plan_at(conn, driver_plan.plan_id, at)
+        plan = snap.plan_at(connect, driver_plan.plan_id, at)
     pricing_plan = plan or snap.list_price_plan(site.currency)
     billing_zone = driver.time_zone if driver is not None else site.time_zone
 
@@ -205,28 +213,28 @@ def quote(conn: Connection, req: QuoteRequest, cache: CatalogCache | None = None
     if pricing_plan.kind in (PlanKind.SUBSCRIPTION, PlanKind.FLAT_RATE):
         if driver is not None and driver_plan is not None \
                 and driver_plan.plan_id == pricing_plan.id:
-            usage = catalog.plan_usage(conn, driver, pricing_plan, driver_plan, at)
+            usage = catalog.plan_usage(connect(), driver, pricing_plan, driver_plan, at)
         else:
             usage = PlanUsage.for_period(pricing_plan, at, billing_zone)
 
     tariffs, used, version = _snapshot_plan_tariffs(
-        conn, snap, pricing_plan, site_id=site.id, connector_id=req.connector_id, at=at)
+        connect, snap, pricing_plan, site_id=site.id, connector_id=req.connector_id, at=at)
     start = epoch_ms(at)
     periods = synthesize_periods(version.compiled, site.time_zone, start,
                                  req.charging_ms, req.energy_milliwh, req.idle_ms)
     facts = SessionFacts(periods, site.time_zone, start, start + req.charging_ms + req.idle_ms)
 
-    candidates: list[Promotion] = snap.automatic_promotions(conn, at, pricing_plan.currency)
+    candidates: list[Promotion] = snap.automatic_promotions(connect, at, pricing_plan.currency)
     if req.promo_code is not None:
-        entered = snap.promotion_by_code(conn, req.promo_code)
+        entered = snap.promotion_by_code(connect, req.promo_code)
         others = [p for p in candidates if p.id != entered.id]
         candidates = [*others[:MAX_PROMOTIONS_PER_CHARGE - 1], entered]
     driver_id = None if driver is None else driver.id
     # Counts matter only against caps (``check_promotion``): read them for capped ones.
-    totals, by_driver = catalog.redemption_counts(
-        conn, (p.id for p in candidates if p.redemptions_max_total is not None
-               or (driver_id is not None and p.redemptions_max_per_driver is not None)),
-        driver_id)
+    capped = [p.id for p in candidates if p.redemptions_max_total is not None
+              or (driver_id is not None and p.redemptions_max_per_driver is not None)]
+    totals, by_driver = ({}, {}) if not capped else catalog.redemption_counts(
+        connect(), capped, driver_id)
     context = PromotionContext(driver_id or "", pricing_plan.id, site.id, req.promo_code,
                                0 if driver_facts is None else driver_facts.sessions_before,
                                totals, by_driver)
@@ -242,20 +250,20 @@ def quote(conn: Connection, req: QuoteRequest, cache: CatalogCache | None = None
                  usage, loyalty)
 
 
-def _snapshot_plan_tariffs(conn: Connection, snap: CatalogSnapshot, plan: Plan, *,
+def _snapshot_plan_tariffs(connect: Connect, snap: CatalogSnapshot, plan: Plan, *,
                            site_id: str, connector_id: str | None, at: dt.datetime
                            ) -> tuple[PlanTariffs, PricingTariff, TariffVersion]:
     """``plan_tariffs`` on a catalog snapshot."""
     tariff_id = plan.tariff_id
     if tariff_id is None:
         real_plan = plan.id != catalog.LIST_PRICE_PLAN_ID
-        version = snap.tariff_in_force(conn, site_id=site_id, connector_id=connector_id,
+        version = snap.tariff_in_force(connect, site_id=site_id, connector_id=connector_id,
                                        plan_id=plan.id if real_plan else None, at=at)
         return (PlanTariffs(public=version.tariff),
                 PricingTariff(tariff_id=version.tariff_id, version_id=version.version_id,
                               version=version.version, role="public"), version)
     try:
-        version = snap.version_at(conn, tariff_id, at)
+        version = snap.version_at(connect, tariff_id, at)
     except NoTariffInForceError as exc:
         raise catalog.NotFoundError(f"no tariff {tariff_id!r}") from exc
     if plan.kind is PlanKind.SUBSCRIPTION:

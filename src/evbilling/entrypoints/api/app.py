@@ -27,6 +27,7 @@ from evbilling.entrypoints.api.crud import build_router
 from evbilling.entrypoints.api.resources import resources
 from evbilling.entrypoints.ocpp import ConnectionRegistry, mount_ocpp
 from evbilling.services.catalog_cache import CatalogCache
+from evbilling.services.catalog_generation import GenerationReader
 from evbilling.services.ports import ChargingPort
 
 logger = logging.getLogger("evbilling.api")
@@ -98,6 +99,7 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None,
         finally:
             for service in reversed(started):
                 await service.stop()
+            app.state.catalog_cache.close()
             engine.dispose()
 
     app = FastAPI(
@@ -109,7 +111,7 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None,
     )
     app.state.engine = engine
     # quotes read the catalog from per-operator snapshots checked by generation
-    app.state.catalog_cache = CatalogCache()
+    app.state.catalog_cache = CatalogCache(GenerationReader(engine))
     app.state.background = []  # objects with async start() / stop(), in start order
     errors.install(app)
     notifications.setup(app, engine)  # app.state.notifications: the charging service's sink
@@ -120,9 +122,10 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None,
     app.add_middleware(SecurityHeaders)
 
     api = APIRouter(prefix="/api/v1")
+    # FastAPI matches routes one by one in this order: the hottest route goes first
+    api.include_router(quotes.router)
     api.include_router(access.router)
     api.include_router(tariffs.router)
-    api.include_router(quotes.router)
     api.include_router(catalog.router)
     api.include_router(sessions.router)
     api.include_router(notifications.router)

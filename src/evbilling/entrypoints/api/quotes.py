@@ -34,6 +34,7 @@ from evbilling.entrypoints.api.errors import ApiError
 from evbilling.entrypoints.api.limits import promo_limiter
 from evbilling.entrypoints.api.resources import Id, Strict
 from evbilling.services.catalog import UnknownPromoCodeError, kwh_text
+from evbilling.services.catalog_cache import ReadConnection
 from evbilling.services.quotes import QuoteRequest, quote
 
 router = APIRouter(tags=["quotes"])
@@ -114,9 +115,9 @@ async def create_quote(body: QuoteIn, request: Request, principal: CurrentPrinci
         charging_ms=int(body.charging_minutes * MS_PER_MINUTE),
         idle_ms=int(body.idle_minutes * MS_PER_MINUTE), plan_id=body.plan_id,
         driver_id=driver_id, promo_code=body.promo_code)
-    with request.app.state.engine.connect() as conn:
+    with ReadConnection(request.app.state.engine) as connect:
         try:
-            result = quote(conn, req, request.app.state.catalog_cache)
+            result = quote(connect, req, request.app.state.catalog_cache)
         except UnknownPromoCodeError:
             promo_limiter.failed(guesser, source)
             raise
