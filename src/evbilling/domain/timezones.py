@@ -65,6 +65,11 @@ def _year_changes(name: str, year: int) -> tuple[tuple[int, ...], tuple[int, ...
     return tuple(instants), tuple(offsets)
 
 
+#: The instants ``offset_table`` covers (its tables span whole years from 1971 to 9998).
+SUPPORTED_EPOCH_S = (int(dt.datetime(1972, 1, 1, tzinfo=dt.UTC).timestamp()),
+                     int(dt.datetime(9997, 12, 31, tzinfo=dt.UTC).timestamp()))
+
+
 class OffsetTable:
     """UTC offset of one zone at any instant between ``first_year`` and ``last_year``."""
 
@@ -104,6 +109,8 @@ def _table(name: str, first_year: int, last_year: int) -> OffsetTable:
 def offset_table(name: str, epoch_s_min: int, epoch_s_max: int) -> OffsetTable:
     """A cached table covering [epoch_s_min, epoch_s_max] (whole UTC years, a year either side)."""
     zone(name)  # validate the name early
+    if not SUPPORTED_EPOCH_S[0] <= epoch_s_min <= epoch_s_max <= SUPPORTED_EPOCH_S[1]:
+        raise RatingError("only instants from 1972 to 9997 can be placed in local time")
     first = dt.datetime.fromtimestamp(epoch_s_min, dt.UTC).year - 1
     last = dt.datetime.fromtimestamp(epoch_s_max, dt.UTC).year + 1
     # Round the span to a stable key so neighbouring sessions share one table.

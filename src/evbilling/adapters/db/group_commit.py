@@ -56,6 +56,7 @@ class GroupCommitWriter:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._last: asyncio.Future[None] | None = None  # the newest write (batches commit in order)
         self.batches = 0  # committed transactions (for tests and benchmarks)
         self.writes = 0
 
@@ -86,16 +87,18 @@ class GroupCommitWriter:
             raise WriterOverloadedError("too many writes waiting for the database")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(_Write(statement, params, future))
+        self._last = future
         if self._wake is not None and not self._wake.is_set():
             self._wake.set()
         return future
 
     async def flush(self) -> None:
-        """Wait until everything submitted so far is committed (or failed)."""
-        if not self._pending:
-            return
-        last = self._pending[-1].future
-        await asyncio.wait([last])
+        """Wait until everything submitted so far is committed (or failed), including a batch
+        already on its way to the database. Batches commit in submission order, so the newest
+        write's future is enough to wait for."""
+        last = self._last
+        if last is not None and not last.done():
+            await asyncio.wait([last])
 
     # -- the loop --------------------------------------------------------------------------
     async def _run(self) -> None:

@@ -665,8 +665,9 @@ class UsageProfileIn(Strict):
     charging_minutes_avg: Annotated[int, Field(ge=0, le=1440)]
     idle_minutes_avg: Annotated[int, Field(ge=0, le=1440)] = 0
     start_hour_local: Annotated[int, Field(ge=0, le=23)] = 18
-    month: dt.date | None = Field(default=None, description="any day of the month to "
-                                  "simulate; default: this month")
+    month: dt.date | None = Field(default=None, ge=dt.date(2000, 1, 1), le=dt.date(2199, 12, 31),
+                                  description="any day of the month to simulate; default: "
+                                  "this month")
     time_zone: str | None = Field(default=None, max_length=64,
                                   description="default: the driver's, else the site's")
 

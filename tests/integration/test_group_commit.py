@@ -1,0 +1,86 @@
+"""The group-commit writer on SQLite and PostgreSQL: one transaction per batch, flush waits for
+the batch in flight, a bad write fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+from sqlalchemy import Engine, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from evbilling.adapters.db import schema as s
+from evbilling.adapters.db.group_commit import GroupCommitWriter
+
+AUDIT = insert(s.audit_log)
+
+
+def row(n: int) -> dict[str, object]:
+    return {"operator_id": None, "at": dt.datetime.now(dt.UTC), "actor": f"test:{n}",
+            "action": "group_commit.test", "target": None, "outcome": "success",
+            "source_ip": None, "detail": None}
+
+
+def count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(s.audit_log)).scalar_one())
+
+
+def test_many_writes_commit_in_few_transactions(engine: Engine):
+    async def main() -> GroupCommitWriter:
+        writer = GroupCommitWriter(engine)
+        writer.start()
+        futures = [writer.submit(AUDIT, row(n)) for n in range(500)]
+        await asyncio.gather(*futures)
+        await writer.stop()
+        return writer
+
+    writer = asyncio.run(main())
+    assert count(engine) == 500 and writer.writes == 500 and writer.batches <= 5
+
+
+def test_flush_waits_for_the_batch_already_on_its_way(engine: Engine):
+    async def main() -> tuple[bool, int]:
+        writer = GroupCommitWriter(engine, max_delay_s=0)
+        writer.start()
+        future = writer.submit(AUDIT, row(1))
+        for _ in range(10_000):  # until the writer has taken the batch (nothing pending)
+            if not writer._pending:  # noqa: SLF001 - the state this test is about
+                break
+            await asyncio.sleep(0)
+        await writer.flush()
+        done = future.done()
+        seen = await asyncio.to_thread(count, engine)
+        await writer.stop()
+        return done, seen
+
+    done, seen = asyncio.run(main())
+    assert done and seen == 1
+
+
+def test_a_bad_write_fails_alone(engine: Engine):
+    duplicate = {**row(0), "seq": 424242}
+
+    async def main() -> list[BaseException | None]:
+        writer = GroupCommitWriter(engine)
+        writer.start()
+        futures = [writer.submit(AUDIT, duplicate), writer.submit(AUDIT, row(2)),
+                   writer.submit(AUDIT, duplicate)]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        await writer.stop()
+        return [r if isinstance(r, BaseException) else None for r in results]
+
+    results = asyncio.run(main())
+    assert results[0] is None and results[1] is None
+    assert isinstance(results[2], IntegrityError)
+    assert count(engine) == 2
+
+
+def test_a_stopped_writer_refuses_writes(engine: Engine):
+    async def main() -> None:
+        writer = GroupCommitWriter(engine)
+        writer.submit(AUDIT, row(1))
+
+    with pytest.raises(RuntimeError, match="not running"):
+        asyncio.run(main())
