@@ -339,8 +339,9 @@ def test_billed_quantities_write_prices_and_vat_as_the_breakdown_does() -> None:
 
 
 def test_a_rated_session_is_frozen_and_compares_by_its_totals() -> None:
-    facts = SessionFacts((ChargingPeriod(0, energy_milliwh=KWH, time_ms=3_600_000),), "UTC", 0,
-                         3_600_000)
+    start = 1_714_989_600_000  # 2024-05-06 10:00 UTC
+    facts = SessionFacts((ChargingPeriod(start, energy_milliwh=KWH, time_ms=3_600_000),), "UTC",
+                         start, start + 3_600_000)
     tariff = parse_tariff({"id": "T", "currency": "EUR", "elements": [{"price_components": [
         {"type": "ENERGY", "price": Decimal("0.30"), "vat": Decimal("19"), "step_size": 1}]}]})
     a, b = rate(tariff, facts), rate(tariff, facts)

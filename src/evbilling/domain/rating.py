@@ -895,7 +895,10 @@ class SessionRater:
         if pending is None:
             return self.snapshot(end_epoch_ms, reservation_expired=reservation_expired)
         n = len(self._periods)
-        scalars = (self._origin_ms, self._table, self._win, self._off, self._cum_milliwh,
+        # _table, _win and _off are not saved: they only remember the UTC offset around the
+        # last instant located (add_all checks the window before using it), and keeping the
+        # pending period's spares locating it again at the next sample.
+        scalars = (self._origin_ms, self._cum_milliwh,
                    self._energy_all, self._parking_all, self._reservation_all,
                    self._last_energy, self._last_time, self._flat, self._flat_at,
                    self._last_start, self._all_reservation)
@@ -913,7 +916,7 @@ class SessionRater:
         finally:
             del self._periods[n:]
             del self._choices[n:]
-            (self._origin_ms, self._table, self._win, self._off, self._cum_milliwh,
+            (self._origin_ms, self._cum_milliwh,
              self._energy_all, self._parking_all, self._reservation_all,
              self._last_energy, self._last_time, self._flat, self._flat_at,
              self._last_start, self._all_reservation) = scalars
