@@ -41,6 +41,7 @@ driver may choose, with period fees and allowances, and returns them cheapest fi
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -399,6 +400,7 @@ class _Coverage:
     waived: tuple[BilledQuantity, ...]  # the FLAT session fee, when the plan waives it
     energy_covered_milliwh: int
     time_covered_ms: int
+    every_period_whole: bool = False  # the allowance covered every period whole
 
     @property
     def covered_any(self) -> bool:
@@ -406,13 +408,15 @@ class _Coverage:
 
 
 def _cover(periods: Sequence[ChargingPeriod], rated: RatedSession, allowance_milliwh: int,
-           waive_flat_fee: bool) -> _Coverage:
+           waive_flat_fee: bool, energy: _Energy) -> _Coverage:
     """Walk the periods in order, covering energy and charging time while the allowance lasts
     (module doc, step 2).
 
     The charged quantities start from the rater's per-element sums (``RatedSession.billed``,
     O(tariff elements)); only the periods the allowance reaches are visited one by one, to
-    take off what it covers (``q * a // e`` per piece, as a walk over every piece would)."""
+    take off what it covers (``q * a // e`` per piece, as a walk over every piece would).
+    An allowance larger than the session's energy, without exports, covers every period
+    whole, so nothing is visited: all ENERGY and charging TIME is covered."""
     charged: dict[_Key, _Group] = {}
     waived: list[BilledQuantity] = []
     for q in rated.billed():
@@ -428,6 +432,14 @@ def _cover(periods: Sequence[ChargingPeriod], rated: RatedSession, allowance_mil
             group.quantity += q.quantity
     remaining = allowance_milliwh
     energy_covered = time_covered = 0
+    if remaining > energy.charged_milliwh and not energy.exported:
+        # Every period whole: covered == whole, so each piece's covered share is all of it.
+        for group in charged.values():
+            if group.dimension.code in _COVERABLE:
+                if group.dimension.code is LineCode.CHARGING_TIME:
+                    time_covered += group.quantity
+                group.quantity = 0
+        return _Coverage(charged, tuple(waived), energy.charged_milliwh, time_covered, True)
     if remaining > 0:
         for period, pieces in zip(periods, rated.billed_by_period(), strict=False):
             if remaining <= 0:
@@ -449,10 +461,23 @@ def _cover(periods: Sequence[ChargingPeriod], rated: RatedSession, allowance_mil
 
 
 def _has_charged_quantity(periods: Sequence[ChargingPeriod], rated: RatedSession,
-                          allowance_milliwh: int, waive_flat_fee: bool) -> bool:
-    """Whether any period's priced dimension is left with a quantity after coverage (a walk
-    over every period; only asked when a plan covered something and the tariff has a min or
-    max price)."""
+                          allowance_milliwh: int, waive_flat_fee: bool, coverage: _Coverage
+                          ) -> bool:
+    """Whether any period's priced dimension is left with a quantity after coverage (only
+    asked when a plan covered something and the tariff has a min or max price).
+
+    When the allowance covered every period whole, only the dimensions it never covers are
+    left: none means nothing; a FLAT fee bills 1; idle and reservation time bill their
+    volume (plus any step extra), so with no negative volume any piece of them is > 0.
+    Otherwise, a walk over every period."""
+    if coverage.every_period_whole:
+        uncovered = [q for q in rated.billed() if _dimension(q).code not in _COVERABLE
+                     and not (_dimension(q).code is LineCode.SESSION_FEE and waive_flat_fee)]
+        if not uncovered:
+            return False
+        if any(q.kind == "FLAT" for q in uncovered) or (
+                min(map(_PARKING_OF, periods)) >= 0 and min(map(_RESERVATION_OF, periods)) >= 0):
+            return True
     remaining = allowance_milliwh
     for period, pieces in zip(periods, rated.billed_by_period(), strict=True):
         covered, whole = _covered_share(period, remaining)
@@ -871,6 +896,26 @@ def session_energy_milliwh(session: SessionFacts) -> int:
     return sum(max(0, p.energy_milliwh) for p in session.periods if not p.is_reservation)
 
 
+@dataclass(frozen=True, slots=True)
+class _Energy:
+    charged_milliwh: int  # session_energy_milliwh
+    exported: bool  # some period has a negative ENERGY volume
+
+
+_ENERGY_OF = operator.attrgetter("energy_milliwh")
+_PARKING_OF = operator.attrgetter("parking_ms")
+_RESERVATION_OF = operator.attrgetter("reservation_ms")
+
+
+def _session_energy(session: SessionFacts, rated: RatedSession) -> _Energy:
+    """``session_energy_milliwh`` from the rater's exact total when no period exports (then
+    the charged energy is the net energy of the charging periods): one pass in C over the
+    periods instead of a generator."""
+    if not session.periods or min(map(_ENERGY_OF, session.periods)) >= 0:
+        return _Energy(rated.energy_milliwh, False)
+    return _Energy(session_energy_milliwh(session), True)
+
+
 def _checked_usage(plan: Plan, usage: PlanUsage | None, started_at: dt.datetime
                    ) -> PlanUsage | None:
     if usage is None:
@@ -902,13 +947,14 @@ def price_session(request: PricingRequest) -> PricedSession:
     if request.rated is None:
         _check_against_breakdown(rated)
     allowance = usage.energy_remaining_milliwh if usage is not None else 0
-    coverage = _cover(session.periods, rated, allowance, plan.waive_flat_fee)
+    energy = _session_energy(session, rated)
+    coverage = _cover(session.periods, rated, allowance, plan.waive_flat_fee, energy)
     if not coverage.covered_any and rated.price_bound is None:
         _check_against_rating(coverage, rated)
 
     charges = _charge_lines(coverage.charged.values(), plan, tariff)
     delta = _bound_delta(tariff, rated, coverage, lambda: _has_charged_quantity(
-        session.periods, rated, allowance, plan.waive_flat_fee))
+        session.periods, rated, allowance, plan.waive_flat_fee, coverage))
     bounds = _bound_lines(delta, charges, tariff)
     benefits = _benefit_lines(coverage, plan, cur)
     base = _discount_base([*charges, *bounds], cur)
@@ -918,14 +964,14 @@ def price_session(request: PricingRequest) -> PricedSession:
 
     lines = (*charges, *benefits, *bounds, *discounts.lines)
     total_excl, total_incl = _totals(lines, cur)
-    energy = session_energy_milliwh(session)
     return PricedSession(
         plan_id=plan.id, tariff_id=tariff.id, currency=cur, lines=lines,
         total_excl_vat=total_excl, total_incl_vat=total_incl, vat_summary=vat_summary(lines, cur),
         applied_promotions=discounts.applied, refused_promotions=discounts.refused,
         loyalty_tier=request.loyalty_tier.name if request.loyalty_tier is not None else None,
-        energy_milliwh=energy, energy_covered_milliwh=coverage.energy_covered_milliwh,
-        usage_after=usage.with_energy(energy) if usage is not None else None,
+        energy_milliwh=energy.charged_milliwh,
+        energy_covered_milliwh=coverage.energy_covered_milliwh,
+        usage_after=usage.with_energy(energy.charged_milliwh) if usage is not None else None,
         warnings=rated.warnings, rated=rated,
     )
 

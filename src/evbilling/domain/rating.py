@@ -628,6 +628,12 @@ class RatedSession:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _RATED_FIELDS)
         return f"{type(self).__name__}({fields})"
 
+    @property
+    def energy_milliwh(self) -> int:
+        """``total_energy`` in milliwh, exactly: the ENERGY of the charging (non-reservation)
+        periods, exported energy netted."""
+        return self._volumes[0]
+
     # -- the breakdown -------------------------------------------------------------------------
     def periods(self) -> tuple[RatedPeriod, ...]:
         """Per-period breakdown naming the element used for each dimension."""
