@@ -70,6 +70,27 @@ def start_server(database_url: str, workers: int = 1) -> tuple[subprocess.Popen[
     raise RuntimeError("server did not start within 60 s")
 
 
+def _process_tree_cpu_s(root: int) -> float:
+    """User + system CPU seconds of ``root`` and its descendants (Linux ``/proc``; 0 elsewhere):
+    the server's own cost per quote, which other load on the machine does not change much."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu seconds)
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0.0))[1]
+        todo += [child for child, (parent, _) in stats.items() if parent == pid]
+    return total
+
+
 def quote_bodies(base: str) -> list[dict[str, Any]]:
     sites = httpx.get(base + "/api/v1/sites", headers=HEADERS, timeout=10).json()["data"]
     bodies = []
@@ -123,14 +144,22 @@ def _load_process(base: str, bodies: list[dict[str, Any]], seconds: float, concu
     out.put(asyncio.run(_drive(base, bodies, seconds, concurrency)))
 
 
-def _wrk(base: str, body: dict[str, Any], seconds: float, concurrency: int) -> dict[str, Any]:
+def _wrk(base: str, bodies: list[dict[str, Any]], seconds: float, concurrency: int
+         ) -> dict[str, Any]:
     """Drive the server with wrk (C, epoll): the Python client tops out near 150 requests/s on
-    this machine, below what the server does, so it would measure itself."""
+    this machine, below what the server does, so it would measure itself. Each connection
+    cycles through all the bodies (different sites, days, hours, energies)."""
+    lua_bodies = ",\n".join("[==[" + json.dumps(body) + "]==]" for body in bodies)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write('wrk.method = "POST"\n'
                      'wrk.headers["Content-Type"] = "application/json"\n'
                      f'wrk.headers["Authorization"] = "Bearer {API_KEY}"\n'
-                     f"wrk.body = '{json.dumps(body)}'\n"
+                     f"local bodies = {{\n{lua_bodies}\n}}\n"
+                     "local i = 0\n"
+                     "request = function()\n"
+                     "  i = i % #bodies + 1\n"
+                     "  return wrk.format(nil, nil, nil, bodies[i])\n"
+                     "end\n"
                      "done = function(summary, latency, requests)\n"
                      "  io.write(string.format('JSON {\"requests\": %d, \"errors\": %d, "
                      "\"seconds\": %.3f, \"p50_us\": %d, \"p99_us\": %d, \"mean_us\": %d}\\n',"
@@ -160,9 +189,20 @@ def measure(database_url: str, seconds: float, concurrency: int, workers: int = 
         first = httpx.post(base + "/api/v1/quotes", json=bodies[0], headers=HEADERS, timeout=10)
         if first.status_code != 200:
             return {"error": f"quote failed: {first.status_code} {first.text[:300]}"}
+        for body in bodies:  # every body answers 200 (wrk counts only non-2xx/3xx as errors)
+            response = httpx.post(base + "/api/v1/quotes", json=body, headers=HEADERS,
+                                  timeout=10)
+            if response.status_code != 200:
+                return {"error": f"quote failed: {response.status_code} {response.text[:300]}"}
         if shutil.which("wrk"):
-            _wrk(base, bodies[0], 1.0, concurrency)  # warm-up
-            result = _wrk(base, bodies[0], seconds, concurrency)
+            _wrk(base, bodies, 1.0, concurrency)  # warm-up
+            load_before = os.getloadavg()[0]
+            cpu_before = _process_tree_cpu_s(proc.pid)
+            result = _wrk(base, bodies, seconds, concurrency)
+            cpu = _process_tree_cpu_s(proc.pid) - cpu_before
+            result["server_cpu_ms_per_quote"] = round(cpu * 1000 / max(1, result["requests"]),
+                                                      3)
+            result["load_average_1m_before"] = round(load_before, 2)
             result["example_total"] = first.json().get("total")
             return result
         ctx = mp.get_context("spawn")

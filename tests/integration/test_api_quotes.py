@@ -13,6 +13,7 @@ incl. = 1.2 x excl., each line rounded once (half up). Drivers live in Europe/Be
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from evbilling.domain.periods import ChargingPeriod, SessionFacts, epoch_ms
+from evbilling.entrypoints.api.auth import cached_principal, forget_all_tokens
 from evbilling.entrypoints.api.limits import promo_limiter
 from evbilling.services.catalog import store_session
 from evbilling.services.catalog_cache import CatalogCache, ReadConnection
@@ -621,3 +623,59 @@ def test_the_generation_reader_reconnects_after_losing_its_connection(engine, se
     reader.close()
 
     assert after == before + 1
+
+
+# -- the fast path answers exactly as FastAPI does ------------------------------------------------
+# ``QuotesFastPath`` takes POST /quotes from callers in the principal cache; the first request of
+# a token (not cached yet) goes through FastAPI. Each pair below is one request both ways.
+def both_ways(caller, body: Any, **kwargs: Any) -> tuple[Any, Any]:
+    forget_all_tokens()
+    through_fastapi = caller.post("/quotes", body, **kwargs)
+    assert cached_principal(f"Bearer {caller.token}") is not None
+    fast = caller.post("/quotes", body, **kwargs)
+    return through_fastapi, fast
+
+
+def same_answer(first: Any, second: Any) -> None:
+    assert (first.status_code, first.content) == (second.status_code, second.content)
+    assert dict(first.headers) == dict(second.headers)
+
+
+def test_the_fast_path_answers_a_quote_as_fastapi_does(setup):
+    same_answer(*both_ways(setup.operator.admin, {"site_id": setup.site_id, **SESSION}))
+
+
+@pytest.mark.parametrize("body", [
+    {"energy_kwh": "20", "charging_minutes": "60", "start_at": "2025-06-10T10:00:00Z"},
+    {"site_id": "x", "start_at": "2025-06-10T10:00:00Z", "energy_kwh": "20.1234567",
+     "charging_minutes": "60"},
+    {"site_id": "x", "start_at": "2025-06-10T10:00:00Z", "energy_kwh": "20",
+     "charging_minutes": "60", "surprise": True},
+    [1, 2, 3],
+], ids=["no location", "too many decimals", "unknown field", "not an object"])
+def test_the_fast_path_leaves_bodies_that_do_not_validate_to_fastapi(setup, problem, body):
+    first, second = both_ways(setup.operator.admin, body)
+    problem(first, 422, "validation_error")
+    same_answer(first, second)
+
+
+def test_the_fast_path_renders_domain_errors_with_the_app_handlers(setup, problem):
+    first, second = both_ways(setup.operator.admin, {"site_id": "site_missing", **SESSION})
+    problem(first, 404, "not_found")
+    same_answer(first, second)
+
+
+def test_the_fast_path_leaves_other_media_types_to_fastapi(setup, problem):
+    admin = setup.operator.admin
+    text = json.dumps({"site_id": setup.site_id, **SESSION})
+
+    def send() -> Any:
+        return admin.client.post("/api/v1/quotes", content=text, headers={
+            "Authorization": f"Bearer {admin.token}", "Content-Type": "text/plain"})
+
+    forget_all_tokens()
+    first = send()
+    second = send()
+
+    problem(first, 422, "validation_error")
+    same_answer(first, second)

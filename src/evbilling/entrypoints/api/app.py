@@ -119,6 +119,7 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None,
     service.commands = registry = ConnectionRegistry()  # the service stops / shows cost via OCPP
     mount_ocpp(app, charging if charging is not None else service, registry, engine)
 
+    app.add_middleware(quotes.QuotesFastPath)  # inside SecurityHeaders: same headers
     app.add_middleware(SecurityHeaders)
 
     api = APIRouter(prefix="/api/v1")

@@ -109,6 +109,15 @@ def forget_all_tokens() -> None:
     _principals.clear()
 
 
+def cached_principal(authorization: str | None) -> Principal | None:
+    """The principal this node verified for this header less than ``PRINCIPAL_CACHE_TTL_S``
+    ago, else None (``get_principal`` then verifies it)."""
+    cached = _principals.get(authorization or "")
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
+    return None
+
+
 async def get_principal(request: Request) -> Principal:
     authorization = request.headers.get("authorization")
     at = time.monotonic()

@@ -10,18 +10,25 @@ answer 429 (``limits.promo_limiter``).
 from __future__ import annotations
 
 import datetime as dt
-import json
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from evbilling.domain.periods import MILLIWH_PER_KWH
 from evbilling.domain.rating import RatedSession
 from evbilling.domain.tariffs.model import Price
-from evbilling.entrypoints.api.auth import EVERYONE, CurrentPrincipal, require_role
+from evbilling.entrypoints.api.auth import (
+    EVERYONE,
+    CurrentPrincipal,
+    Principal,
+    cached_principal,
+    require_role,
+)
 from evbilling.entrypoints.api.catalog import (
     amounts,
     render_applied,
@@ -80,24 +87,22 @@ def rated_totals(rated: RatedSession) -> dict[str, Any]:
 
 
 def _encode(value: object) -> str:
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
     if isinstance(value, Decimal):
         return format(value, "f")
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 def _json(content: dict[str, Any]) -> Response:
-    """Encode once with the standard library (FastAPI's encoder walks the tree in Python)."""
-    return Response(json.dumps(content, default=_encode, separators=(",", ":")),
-                    media_type="application/json")
+    """Encode once, in C (orjson: datetimes as RFC 3339 like ``isoformat``, decimals as exact
+    positional strings); FastAPI's encoder would walk the tree in Python first."""
+    return Response(orjson.dumps(content, default=_encode), media_type="application/json")
 
 
 @router.post("/quotes", summary="Price a hypothetical session")
 async def create_quote(body: QuoteIn, request: Request, principal: CurrentPrincipal
                        ) -> Response:
     """Runs inline on the event loop: the work is CPU-bound and short, and skipping the
-    thread-pool hop is most of the latency under load."""
+    thread-pool hop is most of the latency under load. ``QuotesFastPath`` calls it too."""
     require_role(principal, EVERYONE)
     driver_id = body.driver_id
     if principal.is_driver:
@@ -147,3 +152,94 @@ async def create_quote(body: QuoteIn, request: Request, principal: CurrentPrinci
         "rated": rated_totals(result.rated),
         "warnings": list(priced.warnings),
     })
+
+
+# -- the fast path --------------------------------------------------------------------------------
+QUOTES_PATH = "/api/v1/quotes"
+#: Bodies above this go through FastAPI (a quote body is a few hundred bytes).
+MAX_FAST_BODY_BYTES = 16_384
+
+
+class QuotesFastPath:
+    """Pure ASGI: ``POST /api/v1/quotes`` without FastAPI's route matching and dependency
+    resolution, which cost about as much as the quote itself (bench/README.md).
+
+    It answers only what FastAPI would answer the same way, and through the same function
+    (``create_quote``): a caller already in the principal cache (``auth.cached_principal``), a
+    JSON body (``Content-Type`` absent or JSON, at most ``MAX_FAST_BODY_BYTES``) that
+    ``QuoteIn`` accepts. Anything else - a first request with a token (authentication reads the
+    database, then caches), a body that does not validate (FastAPI renders the 422 problem) -
+    is handed to FastAPI with the body replayed, so every answer and problem stays FastAPI's.
+    Errors raised while quoting go to the app's own exception handlers, looked up as Starlette's
+    ``ExceptionMiddleware`` does; anything unhandled propagates (``SecurityHeaders`` answers
+    500). The route stays in FastAPI for the OpenAPI document.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != QUOTES_PATH \
+                or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        consumed: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            consumed.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > MAX_FAST_BODY_BYTES or not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return consumed.pop(0) if consumed else await receive()
+
+        principal = self._principal(scope)
+        body = None
+        if principal is not None and consumed[-1]["type"] == "http.request" \
+                and size <= MAX_FAST_BODY_BYTES and not consumed[-1].get("more_body", False):
+            try:
+                body = QuoteIn.model_validate_json(b"".join(m.get("body", b"")
+                                                            for m in consumed))
+            except ValidationError:
+                body = None
+        if principal is None or body is None:
+            await self.app(scope, replay, send)
+            return
+        request = Request(scope, replay)
+        try:
+            response = await create_quote(body, request, principal)
+        except Exception as exc:
+            handler = _exception_handler(scope, exc)
+            if handler is None:
+                raise
+            response = await handler(request, exc)
+        await response(scope, replay, send)
+
+    @staticmethod
+    def _principal(scope: Scope) -> Principal | None:
+        authorization = content_type = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-type":
+                content_type = value.decode("latin-1")
+        if content_type is not None and \
+                content_type.split(";", 1)[0].strip().lower() != "application/json":
+            return None  # FastAPI decides what other media types mean
+        return cached_principal(authorization)
+
+
+def _exception_handler(scope: Scope, exc: Exception) -> Any:
+    """The app's handler for ``exc`` (nearest class in its MRO), as ``ExceptionMiddleware``
+    finds it; the catch-all ``Exception`` handler is left to the outer layers, as there."""
+    handlers = scope["app"].exception_handlers
+    for cls in type(exc).__mro__:
+        if cls is Exception:
+            return None
+        if cls in handlers:
+            return handlers[cls]
+    return None
