@@ -565,13 +565,14 @@ def _minor(numerator: int, denominator: int, currency: Currency) -> int:
 
 
 def _price_text(price: Decimal, currency: Currency) -> str:
-    return _price_text_cached(price, currency.code)
+    text = f"{price:.2f}" if price == price.quantize(Decimal("0.01")) else f"{price.normalize():f}"
+    return f"{text} {currency}"
 
 
 @lru_cache(maxsize=1024)
-def _price_text_cached(price: Decimal, currency_code: str) -> str:
-    text = f"{price:.2f}" if price == price.quantize(Decimal("0.01")) else f"{price.normalize():f}"
-    return f"{text} {currency_code}"
+def _unit_price_text(price_micro: int, currency: Currency) -> str:
+    """``_price_text`` of a tariff price (the same at every meter sample)."""
+    return _price_text(price_decimal(price_micro), currency)
 
 
 def duration_text(ms: int) -> str:
@@ -605,7 +606,7 @@ def _charge_lines(groups: Iterable[_Group], plan: Plan, tariff: Tariff) -> list[
         unit_price = price_decimal(g.price_micro)
         text = _quantity_text(dim, quantity)
         description = (f"{dim.label}{' ' + text if text else ''} @ "
-                       f"{_price_text(unit_price, cur)}{_PER_UNIT_TEXT.get(dim.unit, '')}"
+                       f"{_unit_price_text(g.price_micro, cur)}{_PER_UNIT_TEXT.get(dim.unit, '')}"
                        f"{note}")
         excl = g.excl
         lines.append(PriceLine(
