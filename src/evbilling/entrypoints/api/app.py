@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,6 +19,7 @@ from evbilling.entrypoints.api import (
     access,
     catalog,
     errors,
+    limits,
     notifications,
     quotes,
     sessions,
@@ -114,6 +116,8 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None,
     app.state.catalog_cache = CatalogCache(GenerationReader(engine))
     app.state.background = []  # objects with async start() / stop(), in start order
     errors.install(app)
+    # log-in and promo-code limits: shared by every worker and node through Redis when set
+    limits.configure(os.environ.get("EVBILLING_REDIS_URL"))
     notifications.setup(app, engine)  # app.state.notifications: the charging service's sink
     service = wire_charging(app, engine)
     service.commands = registry = ConnectionRegistry()  # the service stops / shows cost via OCPP
