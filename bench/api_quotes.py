@@ -1,10 +1,12 @@
 """Benchmark: POST /api/v1/quotes under concurrent load against `evbilling serve`.
 
-Starts the real server (`evbilling serve --demo`) as a subprocess on SQLite and on PostgreSQL,
-drives it from a separate load-generator process (asyncio + httpx, N concurrent connections,
-fixed duration), and prints ONE JSON object with quotes/s and p50/p99 latency per database.
+Starts the real server (`evbilling serve --demo --workers 2`, rate limits shared in Redis when
+it answers) as a subprocess on SQLite and on PostgreSQL, drives it from a separate
+load-generator process (wrk when installed, else asyncio + httpx; N concurrent connections
+cycling through 64 quote bodies, fixed duration), and prints ONE JSON object with quotes/s,
+p50/p99 latency and the server's CPU time per quote for each database.
 
-    .venv/bin/python bench/api_quotes.py [--seconds 10] [--concurrency 32] [--quick]
+    .venv/bin/python bench/api_quotes.py [--seconds 10] [--concurrency 8] [--workers 2] [--quick]
 
 PostgreSQL: a throw-away database is created on EVBILLING_TEST_POSTGRES_URL's server
 (default postgresql://postgres@127.0.0.1:5432/postgres) and dropped afterwards; when the server
@@ -49,9 +51,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(database_url: str, workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(database_url: str, workers: int = 1, redis_url: str | None = None
+                 ) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = dict(os.environ, EVBILLING_DATABASE_URL=database_url)
+    env.pop("EVBILLING_REDIS_URL", None)
+    if redis_url is not None:
+        env["EVBILLING_REDIS_URL"] = redis_url
     proc = subprocess.Popen([EVBILLING, "serve", "--demo", "--port", str(port),
                              "--workers", str(workers)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -181,9 +187,9 @@ def _wrk(base: str, bodies: list[dict[str, Any]], seconds: float, concurrency: i
             "mean_ms": round(raw["mean_us"] / 1000, 2), "load_generator": "wrk"}
 
 
-def measure(database_url: str, seconds: float, concurrency: int, workers: int = 1
-            ) -> dict[str, Any]:
-    proc, base = start_server(database_url, workers)
+def measure(database_url: str, seconds: float, concurrency: int, workers: int = 1,
+            redis_url: str | None = None) -> dict[str, Any]:
+    proc, base = start_server(database_url, workers, redis_url)
     try:
         bodies = quote_bodies(base)
         first = httpx.post(base + "/api/v1/quotes", json=bodies[0], headers=HEADERS, timeout=10)
@@ -245,25 +251,45 @@ def drop_postgres(admin: str, name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def reachable_redis(url: str) -> str | None:
+    if url.lower() == "none":
+        return None
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        log(f"Redis unavailable at {url} ({exc}): rate limits per worker")
+        return None
+    return url
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="2 s per database (smoke test)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="server worker processes (rate limits are per process)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="server worker processes (default 2: one per core here)")
+    parser.add_argument("--redis-url", default=os.environ.get("EVBILLING_REDIS_URL",
+                                                              "redis://127.0.0.1:6379/0"),
+                        help="EVBILLING_REDIS_URL for the server (shared rate limits); "
+                             "'none', or unreachable: rate limits per worker process")
     args = parser.parse_args()
+    redis_url = reachable_redis(args.redis_url)
     seconds = 2.0 if args.quick else args.seconds
     report: dict[str, Any] = {"benchmark": "api_quotes", "endpoint": "POST /api/v1/quotes",
                               "seconds_per_database": seconds, "concurrency": args.concurrency,
                               "server": f"evbilling serve --demo --workers {args.workers}",
+                              "rate_limits": "shared in Redis" if redis_url else
+                              "in process (per worker)",
                               "load_generator": "wrk in a separate process when installed "
                                                 "(apt-get install wrk), else asyncio + httpx",
                               "goals": GOALS}
     with tempfile.TemporaryDirectory() as tmp:
         log("SQLite ...")
         report["sqlite"] = measure(f"sqlite:///{tmp}/bench.sqlite3", seconds, args.concurrency,
-                                   args.workers)
+                                   args.workers, redis_url)
     pg = postgres_database()
     if pg is None:
         report["postgres"] = {"error": "PostgreSQL unreachable"}
@@ -273,7 +299,7 @@ def main() -> None:
         try:
             log("PostgreSQL ...")
             report["postgres"] = measure(f"{base}/{name}", seconds, args.concurrency,
-                                         args.workers)
+                                         args.workers, redis_url)
         finally:
             drop_postgres(admin, name)
     for db in ("sqlite", "postgres"):

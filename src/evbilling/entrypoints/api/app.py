@@ -42,6 +42,10 @@ SECURITY_HEADERS = {
 }
 
 
+_HEADERS = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+_DOCS_HEADERS = [(k, v) for k, v in _HEADERS if k != b"cache-control"]  # the UI may cache
+
+
 class SecurityHeaders:
     """Pure ASGI middleware: security headers on every HTTP response, 500s included.
 
@@ -56,8 +60,7 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
         path: str = scope.get("path", "")
-        extra = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()
-                 if not (path.startswith("/docs") and k == "Cache-Control")]
+        extra = _DOCS_HEADERS if path.startswith("/docs") else _HEADERS
         started = False
 
         async def send_with_headers(message: Message) -> None:

@@ -85,7 +85,13 @@ def decimal_string(value: Decimal | None) -> str | None:
 
 
 def money_string(value: Money) -> str:
-    return f"{value.amount:.{value.currency.exponent}f}"
+    """The amount in major units with the currency's decimals ("-1.20", "1200" for JPY), from
+    the integer minor units (no Decimal on the way: quotes render a dozen of these)."""
+    minor, exponent = value.amount_minor, value.currency.exponent
+    if exponent == 0:
+        return str(minor)
+    whole, fraction = divmod(abs(minor), 10 ** exponent)
+    return f"{'-' if minor < 0 else ''}{whole}.{fraction:0{exponent}d}"
 
 
 def amounts(excl: Money, incl: Money, prefix: str = "") -> dict[str, Any]:
