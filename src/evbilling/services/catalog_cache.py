@@ -13,13 +13,14 @@ own, about 10 us on SQLite) and opens a pooled connection only if something must
 (``ReadConnection``): a quote without a driver that the snapshot answers whole reads nothing
 else. Entries are read lazily, on first use, on a connection whose reads all come *after* the
 generation read: an entry is never older than its snapshot's generation (it may be newer, which
-the next generation check then replaces anyway). Only what exists is kept: a
-missing site, connector or code is looked up again next time, so rows written without a bump
-(which would be a bug) still appear.
+the next generation check then replaces anyway). A missing site, connector, tariff, plan or
+promo code is not kept (it is looked up again next time); lists (a site's assignments, the
+automatic promotions, the tiers) are kept as read, so a change made without a bump is not seen.
 
 The rules are the same as the uncached loaders' (``tariff_selection.tariff_in_force`` and
 ``version_at``, ``catalog.load_plan_at``, ``automatic_promotions``, ``promotion_by_code``,
-``loyalty_tiers``); ``tests/integration/test_api_quotes.py`` checks quotes against them.
+``loyalty_tiers``, which other services still use); the worked examples of
+``tests/integration/test_api_quotes.py`` run through the snapshot.
 
 Limits: ``MAX_OPERATORS`` snapshots per process (least recently used out) and
 ``MAX_ENTRIES`` entries of each kind per snapshot (beyond it, lookups are not kept).
