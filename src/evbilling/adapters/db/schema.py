@@ -311,6 +311,70 @@ wallets = Table(
     CheckConstraint("balance_minor >= 0", name="balance_non_negative"),
 )
 
+#: The double-entry ledger (``domain/ledger.py``, ``docs/ledger.md``). Append-only: the database
+#: rejects UPDATE and DELETE on these three tables (triggers, migration 0005); on PostgreSQL a
+#: deferred constraint trigger also rejects, at commit, a transaction whose postings do not sum
+#: to zero per currency or that has fewer than two postings.
+ledger_accounts = Table(
+    "ledger_accounts", metadata,
+    _id(),
+    _operator(),
+    Column("code", String(250), nullable=False),  # kind[:ref], e.g. driver_wallet:drv_01...
+    Column("kind", String(40), nullable=False),
+    Column("currency", String(3), nullable=False),
+    _created(),
+    UniqueConstraint("operator_id", "code", "currency", name="uq_ledger_accounts_code"),
+)
+
+ledger_transactions = Table(
+    "ledger_transactions", metadata,
+    _id(),
+    _operator(),
+    Column("idempotency_key", String(200), nullable=False),
+    Column("kind", String(40), nullable=False),
+    Column("fingerprint", String(64), nullable=False),  # sha256 of the content (idempotency)
+    Column("period", String(7), nullable=False),  # accounting month YYYY-MM (docs/ledger.md)
+    Column("session_id", String(ID), ForeignKey("charging_sessions.id"), nullable=True),
+    Column("reversal_of", String(ID), ForeignKey("ledger_transactions.id"), nullable=True,
+           unique=True),
+    Column("details", JSON, nullable=False),  # the transaction's metadata
+    _created(),
+    UniqueConstraint("operator_id", "idempotency_key", name="uq_ledger_transactions_key"),
+    Index("ix_ledger_transactions_session", "operator_id", "session_id"),
+)
+
+ledger_postings = Table(
+    "ledger_postings", metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+           autoincrement=True),
+    _operator(),
+    Column("transaction_id", String(ID), ForeignKey("ledger_transactions.id"), nullable=False,
+           index=True),
+    Column("account_id", String(ID), ForeignKey("ledger_accounts.id"), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),  # > 0 debit, < 0 credit
+    UniqueConstraint("transaction_id", "account_id", name="uq_ledger_postings_account"),
+    Index("ix_ledger_postings_account_seq", "account_id", "seq"),
+    CheckConstraint("amount_minor <> 0", name="non_zero"),
+)
+
+#: Auto top-ups a settlement asked for (the wallet fell below the plan's threshold); the
+#: payments issue executes them through the gateway. Not a ledger table: its status changes.
+wallet_top_up_requests = Table(
+    "wallet_top_up_requests", metadata,
+    _id(),
+    _operator(),
+    Column("driver_id", String(ID), ForeignKey("drivers.id"), nullable=False, index=True),
+    Column("session_id", String(ID), ForeignKey("charging_sessions.id"), nullable=True),
+    Column("currency", String(3), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("balance_minor", BigInteger, nullable=False),  # the wallet balance that triggered it
+    Column("status", String(12), nullable=False),
+    _created(),
+    UniqueConstraint("operator_id", "session_id", name="uq_wallet_top_up_requests_session"),
+    CheckConstraint("amount_minor > 0", name="amount_positive"),
+    CheckConstraint("status in ('pending','executed','failed','cancelled')", name="status"),
+)
+
 promotions = Table(
     "promotions", metadata,
     _id(),
