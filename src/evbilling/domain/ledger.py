@@ -41,6 +41,9 @@ MAX_ACCOUNT_CODE_LENGTH = 250
 MAX_METADATA_ENTRIES = 16
 MAX_METADATA_KEY_LENGTH = 40
 MAX_METADATA_VALUE_LENGTH = 200
+#: One wallet top-up request moves at most this (100 000.00 in a 2-decimal currency); the
+#: wallet itself never holds more than ``plans.MAX_WALLET_BALANCE_MINOR``.
+MAX_TOP_UP_MINOR = 10_000_000
 
 MetadataValue = str | int | bool | None
 

@@ -62,6 +62,7 @@ from evbilling.services.ports import (
     TransactionStarted,
 )
 from evbilling.services.session_pricing import PricingContext, load_context, price
+from evbilling.services.settlement_posting import post_session, start_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -183,10 +184,14 @@ class ChargingService:
         with self.engine.connect() as conn:
             row = conn.execute(select(s.tokens.c.status, s.tokens.c.driver_id).where(
                 s.tokens.c.operator_id == operator_id, s.tokens.c.uid == uid)).first()
-        if row is None:
-            return "Invalid", None
-        status: TokenStatus = {"ACTIVE": "Accepted", "BLOCKED": "Blocked",
-                               "EXPIRED": "Expired"}.get(row.status, "Invalid")  # type: ignore[assignment]
+            if row is None:
+                return "Invalid", None
+            status: TokenStatus = {"ACTIVE": "Accepted", "BLOCKED": "Blocked",
+                                   "EXPIRED": "Expired"}.get(row.status, "Invalid")  # type: ignore[assignment]
+            # ledger: an empty wallet or a fleet account at its credit limit may not start
+            if status == "Accepted" and row.driver_id is not None and start_refusal(
+                    conn, operator_id, row.driver_id, self.clock()) is not None:
+                status = "Blocked"
         return status, row.driver_id
 
     # -- start -----------------------------------------------------------------------------
@@ -538,7 +543,14 @@ class ChargingService:
                             total_excl=priced.total_excl_vat.amount,
                             total_incl=priced.total_incl_vat.amount,
                             amount_minor_incl=priced.total_incl_vat.amount_minor, final=True)
-            all_flags = {**(row.flags or {}), **(flags or {})}
+            # ledger: the price is posted in this transaction (services/settlement_posting.py)
+            posting = post_session(
+                conn, operator_id=row.operator_id, session_id=session_id,
+                driver_id=row.driver_id, plan=ctx.plan if ctx.has_plan else None,
+                currency=ctx.currency, total_excl_minor=priced.total_excl_vat.amount_minor,
+                total_incl_minor=priced.total_incl_vat.amount_minor,
+                ended_at=from_epoch_ms(end_ms), time_zone=ctx.time_zone, at=self.clock())
+            all_flags = {**(row.flags or {}), **(flags or {}), **posting.flags}
             conn.execute(update(s.charging_sessions).where(c.id == session_id).values(
                 status="completed", ended_at=from_epoch_ms(end_ms), energy_milliwh=energy,
                 periods=periods_document(periods), stop_reason=reason,

@@ -173,10 +173,10 @@ def _loaded(conn: Connection, rows: Iterable[Any]) -> list[PostedTransaction]:
         id=r.id, idempotency_key=r.idempotency_key, kind=TransactionKind(r.kind),
         fingerprint=r.fingerprint, period=r.period, session_id=r.session_id,
         reversal_of=r.reversal_of, details=dict(r.details or {}),
-        created_at=_aware(r.created_at), postings=tuple(by_txn[r.id])) for r in rows]
+        created_at=aware(r.created_at), postings=tuple(by_txn[r.id])) for r in rows]
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
+def aware(value: dt.datetime) -> dt.datetime:
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
 
 
