@@ -8,10 +8,12 @@ afterwards (a running cost, a remote stop) is queued and sent only after that CA
 
 Our CALLs to the charger go through a small bounded queue and are sent strictly one at a time
 (OCPP-J §4.1.1: at most one outstanding CALL per direction): each waits for its CALLRESULT or
-CALLERROR (matched by message id) or for ``call_timeout_s``, then the next goes out. A sender
-task exists only while the queue is not empty, so an idle connection costs no task. Calls with
-the same ``coalesce`` key (a cost display for one transaction) replace a queued, unsent one:
-under load the charger gets the newest cost, not a backlog.
+CALLERROR (matched by message id) or for ``call_timeout_s``, then the next goes out. No task per
+call: the next CALL is sent in the turn that sent our CALLRESULT or received the previous answer
+(a timer handle per outstanding call); a task exists only to start sending from elsewhere (a
+remote stop asked by the API). Calls with the same ``coalesce`` key (a cost display for one
+transaction) replace a queued, unsent one: under load the charger gets the newest cost, not a
+backlog.
 
 The receive loop never waits for one of our CALLs (that would deadlock: the answer arrives
 through the same loop).
@@ -118,6 +120,21 @@ class _Pending:
         self.out = out
         self.future = future
 
+    def resolve(self, payload: dict[str, Any] | None) -> None:
+        if not self.future.done():
+            self.future.set_result(payload)
+
+
+class _Waiting:
+    """Our outstanding CALL: its message id, the caller's future, the timeout."""
+
+    __slots__ = ("unique_id", "pending", "timer")
+
+    def __init__(self, unique_id: str, pending: _Pending, timer: asyncio.TimerHandle) -> None:
+        self.unique_id = unique_id
+        self.pending = pending
+        self.timer = timer
+
 
 class Connection:
     """The gateway side of one charger's WebSocket."""
@@ -140,7 +157,7 @@ class Connection:
         self.tx_by_evse: dict[int, str] = {}
         self._queue: deque[_Pending] = deque()
         self._sender: asyncio.Task[None] | None = None
-        self._waiting: tuple[str, asyncio.Future[CallResult | CallError]] | None = None
+        self._waiting: _Waiting | None = None
         self._closed = False
 
     @property
@@ -175,7 +192,7 @@ class Connection:
             text = data if isinstance(data, str) else data.decode("utf-8", "replace")
             await self._dispatch(msg, text)
         else:
-            self._resolve(msg)  # type: ignore[arg-type]
+            await self._answered(msg)  # type: ignore[arg-type]
 
     async def _dispatch(self, call: Call, text: str) -> None:
         handler = self.dialect.handlers.get(call.action)
@@ -206,8 +223,10 @@ class Connection:
             await self.transport.send(encode_error(call.unique_id, InternalError()))
             return
         await self.transport.send(encode_result(call.unique_id, reply.payload))
-        for out in reply.after:
-            self.call_soon(out)
+        if reply.after:
+            for out in reply.after:
+                self._enqueue(out)
+            await self._pump()
 
     def _unhandled(self, action: str) -> OCPPError:
         # OCPP-J 1.6 §4.2.3 / 2.0.1 §4.2.3: NotImplemented = the action is not known;
@@ -222,77 +241,98 @@ class Connection:
             description="Requested Action is not known by receiver",
             details={"cause": f"{action[:50]} is not an OCPP {self.version} action"})
 
-    def _resolve(self, msg: CallResult | CallError) -> None:
-        waiting = self._waiting
-        if waiting is None or waiting[0] != msg.unique_id or waiting[1].done():
-            logger.info("%s: answer to no pending call (%s) dropped", self.charger.identity,
-                        msg.unique_id)
-            return
-        waiting[1].set_result(msg)
-
     # -- outgoing -------------------------------------------------------------------------
+    # No task per call: our CALL goes out right after the CALLRESULT that caused it (in the
+    # handler's turn), the next queued one right after the answer to the previous one (in the
+    # turn that received it). A task is created only to start sending from outside a turn of
+    # this connection (a remote stop from the API) or after a timeout.
     async def call(self, out: Outgoing) -> dict[str, Any] | None:
         """Send a CALL (after the ones queued before it) and return the CALLRESULT payload;
         None when the charger answered a CALLERROR, did not answer in time, the answer broke
         the schema, or the connection closed."""
-        return await self.call_soon(out)
+        future = self._enqueue(out)
+        await self._pump()
+        return await future
 
     def call_soon(self, out: Outgoing) -> asyncio.Future[dict[str, Any] | None]:
         """Queue a CALL without waiting; the future resolves like ``call``."""
-        loop = asyncio.get_running_loop()
+        future = self._enqueue(out)
+        self._pump_soon()
+        return future
+
+    def _enqueue(self, out: Outgoing) -> asyncio.Future[dict[str, Any] | None]:
         if out.coalesce is not None:
             for pending in self._queue:
                 if pending.out.coalesce == out.coalesce:
                     pending.out = out
                     return pending.future
-        future: asyncio.Future[dict[str, Any] | None] = loop.create_future()
+        future: asyncio.Future[dict[str, Any] | None] = \
+            asyncio.get_running_loop().create_future()
         if self._closed or len(self._queue) >= self.settings.max_queued_calls:
             logger.warning("%s: %s not sent (%s)", self.charger.identity, out.action,
                            "connection closed" if self._closed else "queue full")
             future.set_result(None)
             return future
         self._queue.append(_Pending(out, future))
-        if self._sender is None:
-            self._sender = loop.create_task(self._send_queued())
         return future
 
-    async def _send_queued(self) -> None:
+    def _pump_soon(self) -> None:
+        if self._waiting is None and self._queue and self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._pump_task())
+
+    async def _pump_task(self) -> None:
         try:
-            while self._queue and not self._closed:
-                pending = self._queue.popleft()
-                result = await self._exchange(pending.out)
-                if not pending.future.done():
-                    pending.future.set_result(result)
+            await self._pump()
         finally:
             self._sender = None
-            while self._closed and self._queue:
-                pending = self._queue.popleft()
-                if not pending.future.done():
-                    pending.future.set_result(None)
 
-    async def _exchange(self, out: Outgoing) -> dict[str, Any] | None:
+    async def _pump(self) -> None:
+        """Send the next queued CALL unless one is outstanding (OCPP-J: one at a time)."""
+        while self._waiting is None and self._queue and not self._closed:
+            pending = self._queue.popleft()
+            out = pending.out
+            try:
+                validation.validate(self.version, out.action, "request", out.payload)
+            except OCPPError as exc:
+                logger.error("%s: our %s call breaks the schema: %s", self.charger.identity,
+                             out.action, exc.details)
+                pending.resolve(None)
+                continue
+            unique_id = f"{next(_call_ids):x}"
+            timer = asyncio.get_running_loop().call_later(
+                self.settings.call_timeout_s, self._expire, unique_id)
+            self._waiting = _Waiting(unique_id, pending, timer)
+            try:
+                await self.transport.send(encode_call(unique_id, out.action, out.payload))
+            except ConnectionClosedError:
+                self.shutdown()
+        if self._closed:
+            self._drain()
+
+    def _expire(self, unique_id: str) -> None:
+        waiting = self._waiting
+        if waiting is None or waiting.unique_id != unique_id:
+            return
+        logger.warning("%s: no answer to %s %s within %.0f s", self.charger.identity,
+                       waiting.pending.out.action, unique_id, self.settings.call_timeout_s)
+        self._waiting = None
+        waiting.pending.resolve(None)
+        self._pump_soon()
+
+    async def _answered(self, msg: CallResult | CallError) -> None:
+        waiting = self._waiting
+        if waiting is None or waiting.unique_id != msg.unique_id:
+            logger.info("%s: answer to no pending call (%s) dropped", self.charger.identity,
+                        msg.unique_id)
+            return
+        waiting.timer.cancel()
+        self._waiting = None
+        waiting.pending.resolve(self._checked_answer(waiting.pending.out, msg))
+        await self._pump()
+
+    def _checked_answer(self, out: Outgoing, answer: CallResult | CallError
+                        ) -> dict[str, Any] | None:
         identity = self.charger.identity
-        try:
-            validation.validate(self.version, out.action, "request", out.payload)
-        except OCPPError as exc:
-            logger.error("%s: our %s call breaks the schema: %s", identity, out.action,
-                         exc.details)
-            return None
-        unique_id = f"{next(_call_ids):x}"
-        future: asyncio.Future[CallResult | CallError] = \
-            asyncio.get_running_loop().create_future()
-        self._waiting = (unique_id, future)
-        try:
-            await self.transport.send(encode_call(unique_id, out.action, out.payload))
-            answer = await asyncio.wait_for(future, self.settings.call_timeout_s)
-        except TimeoutError:
-            logger.warning("%s: no answer to %s %s within %.0f s", identity, out.action,
-                           unique_id, self.settings.call_timeout_s)
-            return None
-        except ConnectionClosedError:
-            return None
-        finally:
-            self._waiting = None
         if isinstance(answer, CallError):
             logger.warning("%s: %s refused with %s %s", identity, out.action, answer.code,
                            answer.description)
@@ -305,17 +345,20 @@ class Connection:
             return None
         return answer.payload
 
+    def _drain(self) -> None:
+        """Closed: the outstanding and the queued CALLs resolve to None."""
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.timer.cancel()
+            waiting.pending.resolve(None)
+        while self._queue:
+            self._queue.popleft().resolve(None)
+
     # -- end --------------------------------------------------------------------------------
     def shutdown(self) -> None:
-        """The socket is gone: pending and queued CALLs resolve to None."""
+        """The socket is gone: the outstanding and the queued CALLs resolve to None."""
         self._closed = True
-        if self._waiting is not None and not self._waiting[1].done():
-            self._waiting[1].set_exception(ConnectionClosedError())
-        if self._sender is None:
-            while self._queue:
-                pending = self._queue.popleft()
-                if not pending.future.done():
-                    pending.future.set_result(None)
+        self._drain()
 
     async def close(self, code: int = 1000) -> None:
         self.shutdown()
