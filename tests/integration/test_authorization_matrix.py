@@ -70,6 +70,8 @@ POLICY = {
     "notifications": Policy(read=EVERYONE, write=EVERYONE, driver_owned=True),
     "notification-rules": Policy(read=EVERYONE, write=STAFF | {"driver"}, driver_owned=True),
     "webhook-endpoints": Policy(read=STAFF, write=STAFF),
+    "wallets": Policy(read=EVERYONE, write=STAFF, driver_owned=True),
+    "fleet-accounts": Policy(read=STAFF_AND_FINANCE, write=frozenset()),
     "me": Policy(read=EVERYONE, write=EVERYONE),  # who am I, log out
     "public": Policy(read=frozenset(), write=frozenset()),  # log in: tested in test_api_access
 }
@@ -99,6 +101,8 @@ class Route:
     allowed_status: int | None = None
     #: query parameters for every call (e.g. to end a stream)
     params: dict[str, Any] | None = None
+    #: headers for every call (e.g. a fresh Idempotency-Key)
+    headers: Callable[[], dict[str, str]] | None = None
 
 
 SIMPLE_TARIFF = {"country_code": "DE", "party_id": "EVB", "id": "m", "currency": "EUR",
@@ -216,6 +220,13 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("PATCH", "/api/v1/webhook-endpoints/{row_id}"): Route("webhook-endpoints", WRITE,
                                                            lambda w: {"active": False}),
     ("DELETE", "/api/v1/webhook-endpoints/{row_id}"): Route("webhook-endpoints", WRITE),
+    ("GET", "/api/v1/drivers/{row_id}/wallet"): Route("wallets", READ),
+    ("POST", "/api/v1/drivers/{row_id}/wallet/top-ups"): Route(
+        "wallets", WRITE, lambda w: {"amount_minor": 1000, "reference": "matrix"},
+        headers=lambda: {"Idempotency-Key": new_id("key")}),
+    ("GET", "/api/v1/fleet-accounts"): Route("fleet-accounts", READ),
+    ("GET", "/api/v1/fleet-accounts/{account}/statements/{month}"):
+        Route("fleet-accounts", READ),
     ("GET", "/api/v1/me"): Route("me", READ),
     ("POST", "/api/v1/auth/logout"): Route("me", WRITE),
     ("POST", "/api/v1/auth/login"): Route("public", WRITE),
@@ -301,8 +312,12 @@ def new_target(world: World, resource: str) -> tuple[dict[str, Any] | None, str 
         return home.admin.create("api-keys", {"name": "target"}), None
     if resource in ("me", "quotes", "public"):
         return None, None
-    if resource == "driver-plans":
+    if resource in ("driver-plans", "wallets"):
         return {"id": owner}, owner
+    if resource == "fleet-accounts":
+        name = home.ref("fleet")
+        home.new("drivers", fleet_account=name)
+        return {"id": name}, None
     if resource == "plan-advisor":
         return None, None
     if resource == "sessions":
@@ -410,14 +425,14 @@ def test_only_the_allowed_callers_get_a_2xx(world, shared_target, session_of, me
     target_id = target["id"] if target else ""
     url = path.removeprefix("/api/v1").format(row_id=target_id, tariff_id=target_id,
                                               key_id=target_id, session_id=target_id,
-                                              version=1)
+                                              account=target_id, version=1, month="2026-11")
     # lists are sorted by id: start just before the target so it is on the first page
     params = {"limit": 100, "starting_after": target_id[:-1]} if is_list and target else None
     if route.params:
         params = {**(params or {}), **route.params}
 
     response = who.request(method, url, json=route.body(world) if route.body else None,
-                           params=params)
+                           params=params, headers=route.headers() if route.headers else None)
 
     expected = expected_status(method, path, caller)
     if expected is not None:

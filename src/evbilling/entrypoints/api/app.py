@@ -19,11 +19,13 @@ from evbilling.entrypoints.api import (
     access,
     catalog,
     errors,
+    fleet,
     limits,
     notifications,
     quotes,
     sessions,
     tariffs,
+    wallets,
 )
 from evbilling.entrypoints.api.crud import build_router
 from evbilling.entrypoints.api.resources import resources
@@ -137,6 +139,8 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None,
     api.include_router(catalog.router)
     api.include_router(sessions.router)
     api.include_router(notifications.router)
+    api.include_router(wallets.router)
+    api.include_router(fleet.router)
     for resource in resources():
         api.include_router(build_router(resource))
     app.include_router(api)

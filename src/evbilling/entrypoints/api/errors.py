@@ -56,6 +56,15 @@ STATUS_BY_CODE: dict[str, int] = {
     "unknown_promo_code": 422,
     "too_many_promotions": 422,
     "session_outside_window": 422,
+    # ledger, wallets, fleet accounts (docs/ledger.md)
+    "idempotency_key_missing": 400,
+    "invalid_idempotency_key": 400,
+    "idempotency_key_reused": 422,
+    "wallet_limit_exceeded": 409,
+    "already_reversed": 409,
+    "invalid_amount": 422,
+    "invalid_month": 422,
+    "statement_too_large": 422,
     "internal_error": 500,
 }
 
