@@ -35,15 +35,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy import select
+
+from evbilling.adapters.db import schema as s
+from evbilling.adapters.db.uow import write_transaction
+from evbilling.entrypoints.api.app import create_app
+from evbilling.entrypoints.ocpp import v16
+from evbilling.entrypoints.ocpp.connection import Connection
+from evbilling.services.demo import seed_demo
+from evbilling.services.ports import ChargerRef
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from ocpp_load import BENCH_PASSWORD, provision_chargers  # noqa: E402
-
-from evbilling.entrypoints.api.app import create_app  # noqa: E402
-from evbilling.entrypoints.ocpp import v16  # noqa: E402
-from evbilling.entrypoints.ocpp.connection import Connection  # noqa: E402
-from evbilling.services.ports import ChargerRef  # noqa: E402
 
 
 def sampled(register_wh: int) -> list[dict[str, str]]:
@@ -94,14 +97,9 @@ async def run(chargers: int, messages: int, rounds: int, profile: int | None
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'billing.sqlite3'}"
         app = create_app(url)
-        from evbilling.services.demo import seed_demo
-        from evbilling.adapters.db.uow import write_transaction
         with write_transaction(app.state.engine) as conn:
             seed_demo(conn)
         identities, tokens = provision_chargers(url, chargers, BENCH_PASSWORD, "1.6")
-        from sqlalchemy import select
-
-        from evbilling.adapters.db import schema as s
         with app.state.engine.connect() as conn:
             rows = {r.ocpp_identity: r for r in conn.execute(select(s.chargers).where(
                 s.chargers.c.ocpp_identity.in_(identities)))}

@@ -333,3 +333,39 @@ def test_a_start_without_a_register_counts_from_the_first_reading(demo):
     # the absolute register (80 kWh) is not billed: only what flowed after the first reading
     assert row.energy_milliwh == 3_000_000 and row.energy_milliwh_start == 80_000_000
     assert row.flags["start_register_unknown"] is True
+
+
+def test_the_session_row_checkpoints_the_running_cost_and_catches_up_on_shutdown(demo):
+    """Samples every 10 s: the row's running state is written with the first sample, then
+    only once 30 s of samples have passed; the service answers the newest; stopping the
+    service brings the row up to date."""
+    ch = charger(demo, "DEMO-CP16-001")
+    start = berlin_ms(DAY, 9, 0)
+
+    def stored(session_id: str) -> dict[str, Any]:
+        with demo.connect() as conn:
+            live: dict[str, Any] = conn.execute(select(s.charging_sessions.c.live).where(
+                s.charging_sessions.c.id == session_id)).scalar_one()
+        return live
+
+    async def body(service: ChargingService, sink: ListSink) -> Any:
+        started = await service.start_transaction(StartTransaction(
+            ch, 1, None, CAROL, 1_000_000, start, frame("StartTransaction")))
+        register, seen = 1_000_000, []
+        for k in range(1, 6):  # samples at 10, 20, 30, 40, 50 s
+            register += 30_000
+            await service.record_meter_values(RecordMeterValues(
+                ch, started.ocpp_transaction_id, 1,
+                (MeterSample(start + k * 10_000, register, 10_800, 47_000, True),),
+                frame("MeterValues", k)))
+            await service.writer.flush()
+            seen.append(await asyncio.to_thread(stored, started.session_id))
+        fresh = service.running_state(started.session_id)
+        return started.session_id, seen, fresh
+
+    session_id, seen, fresh = run(demo, body)
+    assert [x["at_ms"] - start for x in seen] == [10_000, 10_000, 10_000, 40_000, 40_000]
+    assert fresh is not None and fresh["at_ms"] - start == 50_000
+    assert fresh["energy_milliwh"] == 150_000
+    after = stored(session_id)  # the service has stopped: the row caught up
+    assert after == fresh

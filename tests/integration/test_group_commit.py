@@ -84,3 +84,24 @@ def test_a_stopped_writer_refuses_writes(engine: Engine):
 
     with pytest.raises(RuntimeError, match="not running"):
         asyncio.run(main())
+
+
+def test_writes_nobody_awaits_are_committed_by_flush_and_a_bad_one_fails_alone(engine: Engine):
+    duplicate = {**row(0), "seq": 434343}
+
+    async def main() -> tuple[int, int]:
+        writer = GroupCommitWriter(engine, max_delay_s=0.001)
+        writer.start()
+        writer.submit_nowait(AUDIT, duplicate)
+        for n in range(1, 300):
+            writer.submit_nowait(AUDIT, row(n))
+        writer.submit_nowait(AUDIT, duplicate)  # refused by the database, logged, dropped
+        await writer.flush()
+        seen = await asyncio.to_thread(count, engine)
+        tail = writer.submit(AUDIT, row(301))  # awaited writes still resolve after them
+        await tail
+        await writer.stop()
+        return seen, await asyncio.to_thread(count, engine)
+
+    seen, final = asyncio.run(main())
+    assert seen == 300 and final == 301

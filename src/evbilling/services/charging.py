@@ -68,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 #: An active session that has not reported for this long is closed at its last sample.
 SESSION_TIMEOUT = dt.timedelta(hours=48)
+#: The session row's running state trails the samples by at most this much sample time.
+LIVE_CHECKPOINT_MS = 30_000
 #: Limits (TigerBeetle style): a session longer than this is refused further samples.
 MAX_SAMPLES_PER_MESSAGE = 1_000
 CAP_WARNING_PERCENT = 80
@@ -105,6 +107,7 @@ class _Live:
     stop_requested: bool = False
     last_seq_no: int | None = None
     last_cost: LiveCost | None = None
+    checkpoint_at_ms: int | None = None  # sample time of the session row's running state
     closed: list[ChargingPeriod] = field(default_factory=list)  # as fed to the rater
     charging_ms_closed: int = 0
     parking_ms_closed: int = 0
@@ -173,6 +176,11 @@ class ChargingService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
+        for live in list(self._by_session.values()):  # the rows catch up with the samples
+            at_ms = live.meter.last_at_ms
+            if live.last_cost is not None and at_ms is not None and \
+                    live.checkpoint_at_ms != at_ms:
+                self._checkpoint(live, live.last_cost, at_ms)
         await self.writer.stop()
 
     # -- tokens ----------------------------------------------------------------------------
@@ -352,20 +360,16 @@ class ChargingService:
         if not accepted:
             return live.last_cost
         for sample in accepted:
-            self.writer.submit(self._insert_sample, {
+            self.writer.submit_nowait(self._insert_sample, {
                 "session_id": live.session_id, "at_ms": sample.at_ms,
                 "operator_id": live.operator_id, "energy_milliwh": sample.energy_milliwh,
                 "power_w": sample.power_w, "current_ma": sample.current_ma,
                 "soc_percent": None, "charging": sample.charging})
         last = accepted[-1]
         cost = self._live_cost(live, last.at_ms)
-        self.writer.submit(self._update_live, {
-            "b_id": live.session_id, "b_energy": meter.energy_milliwh,
-            "b_at": from_epoch_ms(meter.last_at_ms), "b_seq": live.last_seq_no,
-            "b_live": {"amount_minor_incl": cost.amount_minor_incl,
-                       "total_excl": str(cost.total_excl), "total_incl": str(cost.total_incl),
-                       "energy_milliwh": cost.energy_milliwh, "at_ms": last.at_ms}})
         charging = self._is_charging(live, last)
+        checkpoint = (live.checkpoint_at_ms is None or charging != live.charging
+                      or last.at_ms - live.checkpoint_at_ms >= LIVE_CHECKPOINT_MS)
         common: dict[str, Any] = {
             "operator_id": live.operator_id, "session_id": live.session_id,
             "driver_id": live.driver_id, "charger_id": live.charger.charger_id,
@@ -396,8 +400,31 @@ class ChargingService:
                 amount_minor_incl=cost.amount_minor_incl,
                 energy_milliwh=meter.energy_milliwh, **common))
             cost = _with_stop(cost)
+            checkpoint = True
+        if checkpoint:
+            self._checkpoint(live, cost, last.at_ms)
         live.last_cost = cost
         return cost
+
+    def _checkpoint(self, live: _Live, cost: LiveCost, at_ms: int) -> None:
+        """The session row's running state (API readers on any node, the timeout sweeper,
+        recovery of the sequence check): written with the first sample, then at most every
+        ``LIVE_CHECKPOINT_MS`` of sample time and at every change of state. The samples are
+        the record; the row trails them by less than the interval."""
+        live.checkpoint_at_ms = at_ms
+        self.writer.submit_nowait(self._update_live, {
+            "b_id": live.session_id, "b_energy": live.meter.energy_milliwh,
+            "b_at": from_epoch_ms(live.meter.last_at_ms), "b_seq": live.last_seq_no,
+            "b_live": _live_document(cost, at_ms)})
+
+    def running_state(self, session_id: str) -> dict[str, Any] | None:
+        """The newest running cost of a session live in this process (the document the row's
+        ``live`` column holds, fresher than the row's checkpoint), or None."""
+        live = self._by_session.get(session_id)
+        cost = None if live is None else live.last_cost
+        if live is None or cost is None:
+            return None
+        return _live_document(cost, live.meter.last_at_ms)
 
     def _start_register_from(self, live: _Live, samples: Sequence[MeterSample]) -> None:
         """The charger gave no register at the start: the first reading is the start (the
@@ -847,6 +874,12 @@ def _with_stop(cost: LiveCost) -> LiveCost:
                     total_excl=cost.total_excl, total_incl=cost.total_incl,
                     amount_minor_incl=cost.amount_minor_incl, final=cost.final,
                     stop_requested=True)
+
+
+def _live_document(cost: LiveCost, at_ms: int) -> dict[str, Any]:
+    return {"amount_minor_incl": cost.amount_minor_incl, "total_excl": str(cost.total_excl),
+            "total_incl": str(cost.total_incl), "energy_milliwh": cost.energy_milliwh,
+            "at_ms": at_ms}
 
 
 def _stored_cost(row: Any) -> LiveCost:

@@ -42,7 +42,7 @@ class WriterStoppedError(RuntimeError):
 class _Write:
     statement: Executable
     params: Mapping[str, Any] | None
-    future: asyncio.Future[None] = field(repr=False)
+    future: asyncio.Future[None] | None = field(repr=False)  # None: nobody awaits it
 
 
 class GroupCommitWriter:
@@ -56,7 +56,9 @@ class GroupCommitWriter:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._last: asyncio.Future[None] | None = None  # the newest write (batches commit in order)
+        self._submitted = 0  # writes submitted so far
+        self._finished = 0  # writes committed or failed (batches finish in submission order)
+        self._flushes: list[tuple[int, asyncio.Future[None]]] = []
         self.batches = 0  # committed transactions (for tests and benchmarks)
         self.writes = 0
 
@@ -81,24 +83,44 @@ class GroupCommitWriter:
     # -- writing ---------------------------------------------------------------------------
     def submit(self, statement: Executable, params: Mapping[str, Any] | None = None
                ) -> asyncio.Future[None]:
+        """Queue a write; the future resolves when it is committed (or fails)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue(_Write(statement, params, future))
+        return future
+
+    def submit_nowait(self, statement: Executable, params: Mapping[str, Any] | None = None
+                      ) -> None:
+        """Queue a write nobody waits for (a failure is logged): no future to make and
+        resolve, which counts at thousands of writes a second."""
+        self._queue(_Write(statement, params, None))
+
+    def _queue(self, write: _Write) -> None:
         if self._task is None or self._stopping:
             raise WriterStoppedError("the group-commit writer is not running")
         if len(self._pending) >= self.max_pending:
             raise WriterOverloadedError("too many writes waiting for the database")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Write(statement, params, future))
-        self._last = future
+        self._pending.append(write)
+        self._submitted += 1
         if self._wake is not None and not self._wake.is_set():
             self._wake.set()
-        return future
 
     async def flush(self) -> None:
         """Wait until everything submitted so far is committed (or failed), including a batch
-        already on its way to the database. Batches commit in submission order, so the newest
-        write's future is enough to wait for."""
-        last = self._last
-        if last is not None and not last.done():
-            await asyncio.wait([last])
+        already on its way to the database (batches finish in submission order)."""
+        if self._finished >= self._submitted:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._flushes.append((self._submitted, future))
+        await future
+
+    def _finish(self, count: int) -> None:
+        self._finished += count
+        if self._flushes:
+            done = [f for target, f in self._flushes if target <= self._finished]
+            self._flushes = [(t, f) for t, f in self._flushes if t > self._finished]
+            for future in done:
+                if not future.done():
+                    future.set_result(None)
 
     # -- the loop --------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -131,17 +153,21 @@ class GroupCommitWriter:
                 try:
                     await asyncio.to_thread(self._write_batch, [write])
                 except Exception as exc:  # noqa: BLE001 - reported to the submitter
-                    if not write.future.done():
+                    if write.future is None:
+                        logger.error("write failed and was dropped: %s", exc)
+                    elif not write.future.done():
                         write.future.set_exception(exc)
                 else:
-                    if not write.future.done():
+                    if write.future is not None and not write.future.done():
                         write.future.set_result(None)
+            self._finish(len(batch))
             return
         self.batches += 1
         self.writes += len(batch)
         for write in batch:
-            if not write.future.done():
+            if write.future is not None and not write.future.done():
                 write.future.set_result(None)
+        self._finish(len(batch))
 
     def _write_batch(self, batch: Sequence[_Write]) -> None:
         with write_transaction(self.engine) as conn:

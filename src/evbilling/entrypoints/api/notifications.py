@@ -61,6 +61,7 @@ from evbilling.entrypoints.api.auth import (
 from evbilling.entrypoints.api.crud import MAX_PAGE, Resource, build_router
 from evbilling.entrypoints.api.errors import ApiError, problem
 from evbilling.entrypoints.api.resources import Out, Strict
+from evbilling.entrypoints.api.sessions import running_state
 from evbilling.services.notifications import DeliveryWorker, LiveHubPort, NotificationService
 
 RULES_PER_OPERATOR_MAX = 500
@@ -440,8 +441,8 @@ def _authorize_live(engine: Engine, authorization: str | None,
     return principal, row
 
 
-def _snapshot(row: Any) -> bytes:
-    live = row.live or {}
+def _snapshot(app: Any, row: Any) -> bytes:
+    live = running_state(app, row)
     return orjson.dumps({
         "session_id": row.id, "status": row.status, "currency": row.currency,
         "energy_milliwh": live.get("energy_milliwh", row.energy_milliwh),
@@ -476,7 +477,8 @@ async def live_stream(session_id: str, request: Request,
 
     async def frames() -> AsyncIterator[bytes]:
         try:
-            yield b"retry: 3000\nevent: session.snapshot\ndata: " + _snapshot(row) + b"\n\n"
+            snapshot = _snapshot(request.app, row)
+            yield b"retry: 3000\nevent: session.snapshot\ndata: " + snapshot + b"\n\n"
             sent = 1
             if row.status != "active":
                 return
@@ -522,7 +524,7 @@ async def live_socket(websocket: WebSocket, session_id: str) -> None:
     try:
         await websocket.accept()
         await websocket.send_text('{"event":"session.snapshot","data":%s}'  # noqa: UP031
-                                  % _snapshot(row).decode())
+                                  % _snapshot(websocket.app, row).decode())
         if row.status != "active":
             await websocket.close(code=1000)
             return

@@ -65,14 +65,30 @@ def _amount(minor: int | None, currency: str) -> str | None:
     return format(Money(minor, Currency.of(currency)).amount, "f")
 
 
-def render_session(row: Any, *, with_cdr: bool = False) -> dict[str, Any]:
-    live = row.live or {}
+def running_state(app: Any, row: Any) -> dict[str, Any]:
+    """A session's running cost: from the charging service when the session is live in this
+    process (the row's ``live`` column is a checkpoint that trails it by up to 30 s of
+    samples), else from the row."""
+    charging = getattr(app.state, "charging", None)
+    if row.status == "active" and charging is not None:
+        fresh: dict[str, Any] | None = charging.running_state(row.id)
+        if fresh is not None:
+            return fresh
+    stored: dict[str, Any] = row.live or {}
+    return stored
+
+
+def render_session(row: Any, *, with_cdr: bool = False,
+                   live: dict[str, Any] | None = None) -> dict[str, Any]:
+    live = live if live is not None else (row.live or {})
+    energy = row.energy_milliwh if row.status != "active" else \
+        int(live.get("energy_milliwh", row.energy_milliwh))
     out: dict[str, Any] = {
         "id": row.id, "status": row.status, "driver_id": row.driver_id, "site_id": row.site_id,
         "charger_id": row.charger_id, "connector_id": row.connector_id,
         "ocpp_transaction_id": row.ocpp_transaction_id, "token_uid": row.token_uid,
         "plan_id": row.plan_id, "started_at": _aware(row.started_at),
-        "ended_at": _aware(row.ended_at), "energy_kwh": kwh_text(row.energy_milliwh),
+        "ended_at": _aware(row.ended_at), "energy_kwh": kwh_text(energy),
         "currency": row.currency,
         "running_cost": None if not live else {
             "amount_minor_incl_vat": live.get("amount_minor_incl"),
@@ -130,7 +146,8 @@ def list_sessions(request: Request, principal: CurrentPrincipal,
         rows = conn.execute(select(s.charging_sessions).where(*conditions).order_by(c.id)
                             .limit(limit + 1)).fetchall()
     page = rows[:limit]
-    return {"data": [render_session(r) for r in page], "has_more": len(rows) > limit,
+    return {"data": [render_session(r, live=running_state(request.app, r)) for r in page],
+            "has_more": len(rows) > limit,
             "next_cursor": page[-1].id if len(rows) > limit else None}
 
 
@@ -138,7 +155,8 @@ def list_sessions(request: Request, principal: CurrentPrincipal,
 def get_session(session_id: str, request: Request, principal: CurrentPrincipal
                 ) -> dict[str, Any]:
     require_role(principal, EVERYONE)
-    return render_session(_load(request, principal, session_id), with_cdr=True)
+    row = _load(request, principal, session_id)
+    return render_session(row, with_cdr=True, live=running_state(request.app, row))
 
 
 @router.put("/sessions/{session_id}/cap", summary="Set (or clear) the session's spending cap")
@@ -160,7 +178,8 @@ async def set_cap(session_id: str, body: CapIn, request: Request,
         audit(conn, operator_id=principal.operator_id, actor=principal.actor,
               action="sessions.cap", target=session_id, outcome="success",
               detail=f"cap_minor={body.cap_minor} cap_kwh={body.cap_kwh}")
-    return render_session(_load(request, principal, session_id))
+    row = _load(request, principal, session_id)
+    return render_session(row, live=running_state(request.app, row))
 
 
 @router.post("/sessions/{session_id}/stop", status_code=202,
