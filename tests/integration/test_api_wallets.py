@@ -109,7 +109,7 @@ def test_concurrent_identical_top_ups_have_one_effect(operator, admin, engine):
 
     with ThreadPoolExecutor(max_workers=10) as pool:
         answers = list(pool.map(lambda _: top_up(admin, driver, {"amount_minor": 700}),
-                                range(20)))
+                                range(50)))  # R4: 50 identical requests
 
     assert sorted({a.status_code for a in answers}) == [201]
     assert len({a.json()["transaction_id"] for a in answers}) == 1
@@ -266,3 +266,31 @@ def test_a_fleet_account_at_its_credit_limit_has_no_credit_available(operator, a
         flags = conn.execute(select(s.ledger_transactions.c.details)).scalar_one()
     assert flags["credit_limit_exceeded"] is True
     assert Account.fleet("Tight").code == "fleet_receivable:Tight"
+
+
+def test_a_refused_top_up_stays_refused_when_retried_with_its_key(operator, admin, engine,
+                                                                  problem):
+    driver = operator.new("drivers")["id"]
+    fill_wallet(engine, operator.operator_id, driver, MAX_WALLET_BALANCE_MINOR - 100)
+    problem(top_up(admin, driver, {"amount_minor": 500}, key="too-much"), 409,
+            "wallet_limit_exceeded")
+    # make room: the fill is reversed (a correction, never an edit)
+    with write_transaction(engine) as conn:
+        fill_key = conn.execute(select(s.ledger_transactions.c.idempotency_key)).scalar_one()
+        ledger.post_reversal(conn, operator.operator_id, fill_key,
+                             at=dt.datetime.now(dt.UTC), period="2026-11")
+        wallet = wallets.lock_wallet(conn, operator.operator_id, driver,
+                                     dt.datetime.now(dt.UTC))
+        wallets.set_balance(conn, operator.operator_id, wallet, 0)
+
+    retry = top_up(admin, driver, {"amount_minor": 500}, key="too-much")
+    other_body = top_up(admin, driver, {"amount_minor": 400}, key="too-much")
+    new_key = top_up(admin, driver, {"amount_minor": 500}, key="second-attempt")
+
+    problem(retry, 409, "wallet_limit_exceeded")  # the first outcome, although it fits now
+    problem(other_body, 422, "idempotency_key_reused")
+    assert new_key.status_code == 201 and new_key.json()["balance_minor"] == 500
+    with engine.connect() as conn:
+        audited = conn.execute(select(s.audit_log.c.outcome).where(
+            s.audit_log.c.action == "wallets.top_up").order_by(s.audit_log.c.seq)).scalars()
+        assert list(audited) == ["failure", "failure", "failure", "success"]

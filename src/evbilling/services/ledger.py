@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +50,14 @@ class TransactionNotFoundError(DomainError):
 
 class AlreadyReversedError(DomainError):
     code = "already_reversed"
+
+
+class RecordedFailureError(DomainError):
+    """A command refused before, refused again with the same code (a retry never flips)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +217,46 @@ def post_reversal(conn: Connection, operator_id: str, idempotency_key: str, *,
         return _replay(existing, correction)
     return post(conn, operator_id, correction, at=at, period=period,
                 session_id=original.session_id)
+
+
+# -- refused commands (R5) -------------------------------------------------------------------------
+MAX_FAILURE_DETAIL_LENGTH = 500
+
+
+def request_fingerprint(**fields: object) -> str:
+    """SHA-256 of a command's fields (canonical JSON): what "the same request" means."""
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_recorded_failure(conn: Connection, operator_id: str, idempotency_key: str,
+                           fingerprint: str) -> None:
+    """Raise the refusal recorded for this key (same request) or ``idempotency_key_reused``
+    (another request); nothing recorded: return."""
+    f = s.idempotency_failures.c
+    row = conn.execute(select(s.idempotency_failures).where(
+        f.operator_id == operator_id, f.idempotency_key == idempotency_key)).first()
+    if row is None:
+        return
+    if row.request_fingerprint != fingerprint:
+        raise IdempotencyKeyReusedError(
+            f"the idempotency key {idempotency_key!r} was used for a different request")
+    raise RecordedFailureError(row.code, row.detail)
+
+
+def record_failure(conn: Connection, operator_id: str, idempotency_key: str, fingerprint: str,
+                   error: DomainError, at: dt.datetime) -> None:
+    """Remember a refusal (in the caller's new transaction, after the command rolled back).
+    Nothing is recorded when the key has meanwhile succeeded or failed already."""
+    if find(conn, operator_id, idempotency_key) is not None:
+        return
+    dialect_insert: Any = postgresql.insert if conn.dialect.name == "postgresql" \
+        else sqlite.insert
+    conn.execute(dialect_insert(s.idempotency_failures).values(
+        id=new_id("idf"), operator_id=operator_id, idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint, code=error.code[:60],
+        detail=error.message[:MAX_FAILURE_DETAIL_LENGTH], created_at=at
+    ).on_conflict_do_nothing())
 
 
 # -- balances and movements ------------------------------------------------------------------------

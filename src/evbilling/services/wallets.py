@@ -11,7 +11,9 @@
 * A top-up (staff, ``Idempotency-Key``) is ``wallet_top_up``: debit ``wallet_funding``, credit
   the wallet. Limits: ``MAX_TOP_UP_MINOR`` per request, ``MAX_WALLET_BALANCE_MINOR`` per wallet
   (``wallet_limit_exceeded``). The key is checked before the limits, so retrying a successful
-  top-up returns it even when the wallet has filled up since (R5).
+  top-up returns it even when the wallet has filled up since, and a refused one is recorded
+  (``record_refused_top_up``) so its retry is refused the same way even when it would fit now
+  (R5: a retry never flips the outcome; a new attempt needs a new key).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from evbilling.adapters.db import schema as s
 from evbilling.adapters.ids import new_id
+from evbilling.domain.errors import DomainError
 from evbilling.domain.invariants import require
 from evbilling.domain.ledger import (
     MAX_TOP_UP_MINOR,
     Account,
+    IdempotencyKeyReusedError,
     TransactionKind,
     accounting_month,
     wallet_top_up,
@@ -122,11 +126,32 @@ def ledger_key(idempotency_key: str) -> str:
     return f"wallet_top_up:{idempotency_key}"
 
 
+def top_up_fingerprint(*, driver_id: str, amount_minor: int, reference: str | None) -> str:
+    return ledger.request_fingerprint(kind="wallet_top_up", driver_id=driver_id,
+                                      amount_minor=amount_minor, reference=reference)
+
+
+def record_refused_top_up(conn: Connection, operator_id: str, driver_id: str, *,
+                          amount_minor: int, reference: str | None, idempotency_key: str,
+                          error: DomainError, at: dt.datetime) -> None:
+    """After ``top_up`` raised ``error`` (and its transaction rolled back): remember the refusal,
+    so a retry with this key is refused the same way (R5). Idempotency errors themselves are
+    not recorded."""
+    if isinstance(error, IdempotencyKeyReusedError | ledger.RecordedFailureError):
+        return
+    ledger.record_failure(conn, operator_id, ledger_key(idempotency_key), top_up_fingerprint(
+        driver_id=driver_id, amount_minor=amount_minor, reference=reference), error, at)
+
+
 def top_up(conn: Connection, operator_id: str, driver_id: str, *, amount_minor: int,
            reference: str | None, idempotency_key: str, at: dt.datetime) -> TopUp:
     """Credit the wallet once per idempotency key (see the module doc)."""
     if not 0 < amount_minor <= MAX_TOP_UP_MINOR:
         raise InvalidAmountError(f"a top-up is 1..{MAX_TOP_UP_MINOR} minor units")
+    key = ledger_key(idempotency_key)
+    if ledger.find(conn, operator_id, key) is None:
+        ledger.check_recorded_failure(conn, operator_id, key, top_up_fingerprint(
+            driver_id=driver_id, amount_minor=amount_minor, reference=reference))
     driver = catalog.load_driver(conn, operator_id, driver_id)
     wallet = lock_wallet(conn, operator_id, driver.id, at)
     txn = wallet_top_up(idempotency_key=ledger_key(idempotency_key), driver_id=driver.id,

@@ -357,6 +357,22 @@ ledger_postings = Table(
     CheckConstraint("amount_minor <> 0", name="non_zero"),
 )
 
+#: Money commands that were refused (e.g. a top-up above the wallet limit), kept so that a retry
+#: with the same idempotency key gets the same refusal instead of a new attempt (RELIABILITY R5,
+#: TigerBeetle ``id_already_failed``). Written in its own transaction after the command rolled
+#: back; never updated.
+idempotency_failures = Table(
+    "idempotency_failures", metadata,
+    _id(),
+    _operator(),
+    Column("idempotency_key", String(200), nullable=False),  # as the ledger's key
+    Column("request_fingerprint", String(64), nullable=False),  # sha256 of the request
+    Column("code", String(60), nullable=False),
+    Column("detail", String(500), nullable=False),
+    _created(),
+    UniqueConstraint("operator_id", "idempotency_key", name="uq_idempotency_failures_key"),
+)
+
 #: Auto top-ups a settlement asked for (the wallet fell below the plan's threshold); the
 #: payments issue executes them through the gateway. Not a ledger table: its status changes.
 wallet_top_up_requests = Table(

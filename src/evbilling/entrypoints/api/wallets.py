@@ -8,7 +8,8 @@
   status, header ``Idempotent-Replayed: true``), the same key with another body is 422
   ``idempotency_key_reused``. A top-up is 1..``MAX_TOP_UP_MINOR`` minor units; a wallet holds
   at most ``MAX_WALLET_BALANCE_MINOR`` (409 ``wallet_limit_exceeded``). The money is recorded
-  as received on ``wallet_funding`` until the payments issue wires a gateway.
+  as received on ``wallet_funding`` until the payments issue wires a gateway. A refused top-up
+  is remembered: its retry with the same key is refused the same way (R5).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import Field
 
 from evbilling.adapters.db.uow import write_transaction
+from evbilling.domain.errors import DomainError
 from evbilling.domain.ledger import MAX_TOP_UP_MINOR
 from evbilling.domain.money import Currency, Money
 from evbilling.domain.plans import PlanKind
@@ -116,14 +118,26 @@ def create_top_up(row_id: str, body: TopUpIn, request: Request, response: Respon
                   ) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
     checked_key = idempotency_key(key)
-    with write_transaction(request.app.state.engine) as conn:
-        result = wallets.top_up(conn, principal.operator_id, row_id,
-                                amount_minor=body.amount_minor, reference=body.reference,
-                                idempotency_key=checked_key, at=clock(request))
-        if not result.replayed:
+    engine, at = request.app.state.engine, clock(request)
+    try:
+        with write_transaction(engine) as conn:
+            result = wallets.top_up(conn, principal.operator_id, row_id,
+                                    amount_minor=body.amount_minor, reference=body.reference,
+                                    idempotency_key=checked_key, at=at)
+            if not result.replayed:
+                audit(conn, operator_id=principal.operator_id, actor=principal.actor,
+                      action="wallets.top_up", target=row_id, outcome="success",
+                      detail=f"{result.amount_minor} {result.currency} "
+                             f"{result.transaction_id}")
+    except DomainError as exc:  # remembered: a retry with this key is refused the same way
+        with write_transaction(engine) as conn:
+            wallets.record_refused_top_up(
+                conn, principal.operator_id, row_id, amount_minor=body.amount_minor,
+                reference=body.reference, idempotency_key=checked_key, error=exc, at=at)
             audit(conn, operator_id=principal.operator_id, actor=principal.actor,
-                  action="wallets.top_up", target=row_id, outcome="success",
-                  detail=f"{result.amount_minor} {result.currency} {result.transaction_id}")
+                  action="wallets.top_up", target=row_id, outcome="failure",
+                  detail=exc.code)
+        raise
     if result.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return {"transaction_id": result.transaction_id, "driver_id": result.driver_id,
