@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, union
+from sqlalchemy import Connection, func, select
 
 from evbilling.adapters.db import schema as s
 from evbilling.domain.errors import DomainError
@@ -81,22 +81,22 @@ class FleetAccountView:
     available_minor: int | None
 
 
-def _names(operator_id: str) -> Any:
+def _names(conn: Connection, operator_id: str) -> list[str]:
+    """Every fleet account name: on the operator's drivers, or with ledger history."""
     d, a = s.drivers.c, s.ledger_accounts.c
     prefix = AccountKind.FLEET_RECEIVABLE.value + ":"
-    from_drivers = select(d.fleet_account.label("name")).where(
+    from_drivers = select(d.fleet_account).distinct().where(
         d.operator_id == operator_id, d.fleet_account.is_not(None))
-    from_ledger = select(a.code.label("name")).where(
+    from_ledger = select(a.code).distinct().where(
         a.operator_id == operator_id, a.kind == AccountKind.FLEET_RECEIVABLE.value)
-    # ledger codes carry the kind prefix: strip it in Python (portable), see account_view
-    return union(from_drivers, from_ledger).subquery(), prefix
+    names = set(conn.execute(from_drivers).scalars())
+    names |= {code.removeprefix(prefix) for code in conn.execute(from_ledger).scalars()}
+    return sorted(names)
 
 
 def list_accounts(conn: Connection, operator_id: str, at: dt.datetime, *, limit: int,
                   starting_after: str | None) -> tuple[list[FleetAccountView], bool]:
-    names_query, prefix = _names(operator_id)
-    names = sorted({n.removeprefix(prefix) for n in conn.execute(select(names_query.c.name))
-                    .scalars()})
+    names = _names(conn, operator_id)
     if starting_after:
         names = [n for n in names if n > starting_after]
     page = names[:min(limit, MAX_PAGE)]
@@ -121,8 +121,8 @@ def account_view(conn: Connection, operator_id: str, name: str, at: dt.datetime
     currency = limit.currency if limit is not None else catalog.operator_currency(
         conn, operator_id)
     d = s.drivers.c
-    drivers = len(conn.execute(select(d.id).where(
-        d.operator_id == operator_id, d.fleet_account == name).limit(10_000)).all())
+    drivers = int(conn.execute(select(func.count()).select_from(s.drivers).where(
+        d.operator_id == operator_id, d.fleet_account == name)).scalar_one())
     outstanding = outstanding_minor(conn, operator_id, name, currency)
     return FleetAccountView(
         name, currency, drivers, outstanding, None if limit is None else limit.limit_minor,
