@@ -350,3 +350,26 @@ def test_a_rated_session_is_frozen_and_compares_by_its_totals() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.final = True  # type: ignore[misc]
     assert copy.copy(a) == a and copy.deepcopy(a) == a
+
+
+@PROPERTY
+@given(case=cases())
+def test_a_running_cost_without_descriptions_has_every_amount_of_the_described_price(
+        case: dict[str, Any]) -> None:
+    """``describe=False`` (the running cost at every meter sample) drops the description texts
+    and the VAT summary and nothing else: same lines, amounts, totals, refusals."""
+    described, _ = requests(case)
+    bare = dataclasses.replace(described, describe=False)
+    full, lean = outcome(pricing.price_session, described), outcome(pricing.price_session, bare)
+    if full[0] == "error":
+        assert lean == full
+        return
+    a, b = pricing.price_session(described), pricing.price_session(bare)
+    assert b.vat_summary == ()
+    assert [dataclasses.replace(line, description="") for line in a.lines] == \
+        [dataclasses.replace(line, description="") for line in b.lines]
+    assert (a.total_excl_vat, a.total_incl_vat, a.applied_promotions, a.refused_promotions,
+            a.energy_milliwh, a.energy_covered_milliwh, a.usage_after) == \
+        (b.total_excl_vat, b.total_incl_vat, b.applied_promotions, b.refused_promotions,
+         b.energy_milliwh, b.energy_covered_milliwh, b.usage_after)
+    assert all(line.description == "" for line in b.lines if line.kind.value == "charge")

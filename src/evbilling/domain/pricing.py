@@ -208,6 +208,9 @@ class PricingRequest:
     #: the rater works incrementally, so a meter sample is not a re-rating of the session).
     #: None: ``price_session`` rates ``session`` itself.
     rated: RatedSession | None = None
+    #: False: the lines carry no descriptions and there is no VAT summary; every amount and
+    #: total is the same. A running cost needs only the totals, at every meter sample.
+    describe: bool = True
 
 
 # -- result ---------------------------------------------------------------------------------------
@@ -593,8 +596,10 @@ _TARIFF_NOTE = {PlanKind.SUBSCRIPTION: ", member tariff", PlanKind.FLAT_RATE: ",
 _PER_UNIT_TEXT = {QuantityUnit.MILLIWH: "/kWh", QuantityUnit.MS: "/h"}
 
 
-def _charge_lines(groups: Iterable[_Group], plan: Plan, tariff: Tariff) -> list[PriceLine]:
-    """One line per dimension, unit price and VAT rate, in dimension order."""
+def _charge_lines(groups: Iterable[_Group], plan: Plan, tariff: Tariff,
+                  describe: bool = True) -> list[PriceLine]:
+    """One line per dimension, unit price and VAT rate, in dimension order (``describe``:
+    with the description text)."""
     cur = tariff.currency
     note = _TARIFF_NOTE.get(plan.kind, "")
     lines: list[PriceLine] = []
@@ -604,10 +609,12 @@ def _charge_lines(groups: Iterable[_Group], plan: Plan, tariff: Tariff) -> list[
             continue
         dim = g.dimension
         unit_price = price_decimal(g.price_micro)
-        text = _quantity_text(dim, quantity)
-        description = (f"{dim.label}{' ' + text if text else ''} @ "
-                       f"{_unit_price_text(g.price_micro, cur)}{_PER_UNIT_TEXT.get(dim.unit, '')}"
-                       f"{note}")
+        description = ""
+        if describe:
+            text = _quantity_text(dim, quantity)
+            description = (f"{dim.label}{' ' + text if text else ''} @ "
+                           f"{_unit_price_text(g.price_micro, cur)}"
+                           f"{_PER_UNIT_TEXT.get(dim.unit, '')}{note}")
         excl = g.excl
         lines.append(PriceLine(
             LineKind.CHARGE, dim.code, description,
@@ -953,7 +960,7 @@ def price_session(request: PricingRequest) -> PricedSession:
     if not coverage.covered_any and rated.price_bound is None:
         _check_against_rating(coverage, rated)
 
-    charges = _charge_lines(coverage.charged.values(), plan, tariff)
+    charges = _charge_lines(coverage.charged.values(), plan, tariff, request.describe)
     delta = _bound_delta(tariff, rated, coverage, lambda: _has_charged_quantity(
         session.periods, rated, allowance, plan.waive_flat_fee, coverage))
     bounds = _bound_lines(delta, charges, tariff)
@@ -967,7 +974,8 @@ def price_session(request: PricingRequest) -> PricedSession:
     total_excl, total_incl = _totals(lines, cur)
     return PricedSession(
         plan_id=plan.id, tariff_id=tariff.id, currency=cur, lines=lines,
-        total_excl_vat=total_excl, total_incl_vat=total_incl, vat_summary=vat_summary(lines, cur),
+        total_excl_vat=total_excl, total_incl_vat=total_incl,
+        vat_summary=vat_summary(lines, cur) if request.describe else (),
         applied_promotions=discounts.applied, refused_promotions=discounts.refused,
         loyalty_tier=request.loyalty_tier.name if request.loyalty_tier is not None else None,
         energy_milliwh=energy.charged_milliwh,

@@ -470,7 +470,8 @@ class ChargingService:
         pending = live.meter.pending()
         rated = live.rater.snapshot_with(pending, at_ms)
         periods = tuple(live.closed) if pending is None else (*live.closed, pending)
-        priced = price(live.ctx, periods, start_ms=live.start_ms, end_ms=None, rated=rated)
+        priced = price(live.ctx, periods, start_ms=live.start_ms, end_ms=None, rated=rated,
+                       describe=False)
         return _cost(live, priced, live.meter.energy_milliwh, final=False)
 
     # -- stop ------------------------------------------------------------------------------

@@ -103,9 +103,12 @@ def load_context(conn: Connection, *, operator_id: str, site_id: str, connector_
 
 
 def price(ctx: PricingContext, periods: tuple[ChargingPeriod, ...], *, start_ms: int,
-          end_ms: int | None, rated: RatedSession | None = None) -> PricedSession:
-    """The pipeline on these periods (``rated``: already rated incrementally; None = rate)."""
+          end_ms: int | None, rated: RatedSession | None = None,
+          describe: bool = True) -> PricedSession:
+    """The pipeline on these periods (``rated``: already rated incrementally; None = rate;
+    ``describe=False``: totals and amounts only, for a running cost)."""
     facts = SessionFacts(periods, ctx.time_zone, start_ms, end_ms)
     return price_session(PricingRequest(
         facts, ctx.plan, ctx.tariffs, usage=ctx.usage, promotions=ctx.promotions,
-        promotion_context=ctx.promotion_context, loyalty_tier=ctx.loyalty_tier, rated=rated))
+        promotion_context=ctx.promotion_context, loyalty_tier=ctx.loyalty_tier, rated=rated,
+        describe=describe))
