@@ -169,6 +169,29 @@ def test_a_free_session_posts_nothing_and_a_session_without_vat_posts_no_vat():
     assert no_vat is not None and len(no_vat.postings) == 2
 
 
+def test_a_vat_rounded_below_zero_is_debited_not_refused():
+    # a 0.01 charge and a discount whose VAT rounds one cent more: excl. 0.00, incl. -0.01
+    settled = session_settlement(idempotency_key="s", session_id="cs", currency="EUR",
+                                 total_excl_minor=1, total_incl_minor=0,
+                                 split=SettlementSplit(()))
+
+    assert settled is not None
+    assert sorted((p.account.code, p.amount_minor) for p in settled.postings) == [
+        ("charging_revenue", -1), ("vat_payable", 1)]
+
+
+def test_a_session_that_exported_energy_credits_the_payer():
+    # -5.95 incl. = -5.00 excl. - 0.95 VAT: revenue and VAT are debited, the driver is owed
+    owed = Account.customer("drv_1")
+    settled = session_settlement(idempotency_key="s", session_id="cs", currency="EUR",
+                                 total_excl_minor=-500, total_incl_minor=-595,
+                                 split=SettlementSplit(((owed, -595),)))
+
+    assert settled is not None
+    assert sorted((p.account.code, p.amount_minor) for p in settled.postings) == [
+        ("charging_revenue", 500), ("customer_receivable:drv_1", -595), ("vat_payable", 95)]
+
+
 def test_payers_must_cover_the_price_exactly():
     with pytest.raises(InvariantViolation, match="add up to the price"):
         session_settlement(idempotency_key="s", session_id="cs", currency="EUR",

@@ -271,23 +271,27 @@ def session_settlement(*, idempotency_key: str, session_id: str, currency: str,
                        total_excl_minor: int, total_incl_minor: int, split: SettlementSplit,
                        metadata: Mapping[str, MetadataValue] | None = None
                        ) -> JournalTransaction | None:
-    """Debit the payers (``split``), credit ``charging_revenue`` with the price excl. VAT and
-    ``vat_payable`` with the VAT. None for a session that costs nothing."""
+    """Debit the payers (``split``) the price incl. VAT, credit ``charging_revenue`` with the
+    price excl. VAT and ``vat_payable`` with the VAT (incl. - excl.). None for a session that
+    moves nothing.
+
+    Any signs are posted as they are, never refused: a session that exported energy can cost
+    less than nothing (the payer is credited), and the per-line rounding of the pricing pipeline
+    can leave a discount's VAT one minor unit above the charge's (``vat_payable`` debited)."""
     require(type(total_excl_minor) is int and type(total_incl_minor) is int,
             "session totals are ints")
-    require(0 <= total_excl_minor <= total_incl_minor, "0 <= excl. VAT <= incl. VAT")
     require(sum(amount for _, amount in split.debits) == total_incl_minor,
             "the payers' debits add up to the price incl. VAT")
-    if total_incl_minor == 0:
-        return None
     vat_minor = total_incl_minor - total_excl_minor
-    postings = [Posting.debit(account, amount, currency) for account, amount in split.debits
-                if amount > 0]
-    if total_excl_minor > 0:
-        postings.append(Posting.credit(Account(AccountKind.CHARGING_REVENUE), total_excl_minor,
-                                       currency))
-    if vat_minor > 0:
-        postings.append(Posting.credit(Account(AccountKind.VAT_PAYABLE), vat_minor, currency))
+    postings = [Posting(account, amount, currency) for account, amount in split.debits
+                if amount != 0]
+    if total_excl_minor != 0:
+        postings.append(Posting(Account(AccountKind.CHARGING_REVENUE), -total_excl_minor,
+                                currency))
+    if vat_minor != 0:
+        postings.append(Posting(Account(AccountKind.VAT_PAYABLE), -vat_minor, currency))
+    if not postings:
+        return None
     return JournalTransaction(
         idempotency_key=idempotency_key, kind=TransactionKind.SESSION_SETTLEMENT,
         postings=tuple(postings), metadata={"session_id": session_id, **(metadata or {})})

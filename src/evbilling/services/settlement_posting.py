@@ -17,7 +17,8 @@ Who pays the price incl. VAT (the plan in force when the session started):
   was delivered; the limit is enforced at start) — then flagged ``credit_limit_exceeded``. A
   fleet-plan driver without a fleet account name pays like pay-per-use (flag
   ``fleet_account_missing``).
-* **anything else** (pay-per-use, subscription, flat rate, no driver):
+* **anything else** (pay-per-use, subscription, flat rate, no driver), and a session that
+  costs less than nothing (exported energy: the driver is owed money, whatever the plan):
   ``customer_receivable:<driver or "unidentified">``.
 
 The other side: ``charging_revenue`` is credited with the price excl. VAT, ``vat_payable`` with
@@ -106,9 +107,9 @@ _FLAG_NAMES = frozenset({"wallet_shortfall_minor", "wallet_currency_mismatch",
 def _payer(conn: Connection, operator_id: str, driver_id: str | None, plan: Plan | None,
            currency: str, price_minor: int, at: dt.datetime) -> _Payer:
     customer = SettlementSplit(((Account.customer(driver_id), price_minor),)
-                               if price_minor > 0 else ())
-    if driver_id is None or plan is None:
-        return _Payer("customer", customer, {})
+                               if price_minor != 0 else ())
+    if driver_id is None or plan is None or price_minor < 0:
+        return _Payer("customer", customer, {})  # < 0: exported energy, owed to the driver
     if plan.kind is PlanKind.PREPAID_WALLET:
         wallet = wallets.lock_wallet(conn, operator_id, driver_id, at, plan.currency.code)
         if wallet.currency != currency:
