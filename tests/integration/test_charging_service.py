@@ -369,3 +369,35 @@ def test_the_session_row_checkpoints_the_running_cost_and_catches_up_on_shutdown
     assert fresh["energy_milliwh"] == 150_000
     after = stored(session_id)  # the service has stopped: the row caught up
     assert after == fresh
+
+
+def test_a_restarted_service_finds_an_idle_session_and_announces_it_again_with_the_same_id(demo):
+    """Idle-fee reminders wait on timers in memory: after a restart, the session rebuilt from
+    its samples publishes the same ChargingCompleted (same event id: the stored notification is
+    not duplicated), which arms the reminder again."""
+    ch = charger(demo, "DEMO-CP16-001")
+    start = berlin_ms(DAY, 9, 0)
+
+    async def first(service: ChargingService, sink: ListSink) -> Any:
+        started = await service.start_transaction(StartTransaction(
+            ch, 1, None, CAROL, 1_000_000, start, frame("StartTransaction")))
+        register = 1_000_000
+        for k, charging in enumerate((True, True, False, False), start=1):
+            register += 30_000 if charging else 0
+            await service.record_meter_values(RecordMeterValues(
+                ch, started.ocpp_transaction_id, 1,
+                (MeterSample(start + k * 60_000, register, 10_800 if charging else 0, 0,
+                             charging),), frame("MeterValues", k)))
+        return sink.named("session.charging_completed")
+
+    async def second(service: ChargingService, sink: ListSink) -> Any:
+        # the service's start already resumes in the background; this waits for the rest
+        await service.resume_active()
+        return sink.named("session.charging_completed")
+
+    before = run(demo, first)
+    after = run(demo, second)
+    assert len(before) == 1 and len(after) == 1
+    assert after[0].event_id == before[0].event_id
+    assert after[0].at == before[0].at and after[0].idle_fee_starts_at == \
+        before[0].idle_fee_starts_at

@@ -70,6 +70,8 @@ logger = logging.getLogger(__name__)
 SESSION_TIMEOUT = dt.timedelta(hours=48)
 #: The session row's running state trails the samples by at most this much sample time.
 LIVE_CHECKPOINT_MS = 30_000
+#: Active sessions whose live state is rebuilt when the service starts (newest first).
+MAX_RESUMED_AT_START = 50_000
 #: Limits (TigerBeetle style): a session longer than this is refused further samples.
 MAX_SAMPLES_PER_MESSAGE = 1_000
 CAP_WARNING_PERCENT = 80
@@ -108,6 +110,7 @@ class _Live:
     last_seq_no: int | None = None
     last_cost: LiveCost | None = None
     checkpoint_at_ms: int | None = None  # sample time of the session row's running state
+    idle_since: tuple[int, int] | None = None  # rebuilt idle: (charging end ms, energy mWh)
     closed: list[ChargingPeriod] = field(default_factory=list)  # as fed to the rater
     charging_ms_closed: int = 0
     parking_ms_closed: int = 0
@@ -383,14 +386,8 @@ class ChargingService:
             amount_minor_incl=cost.amount_minor_incl, cap_minor=live.cap_minor,
             cap_milliwh=live.cap_milliwh, charging=charging, **common))
         if live.charging and not charging:
-            starts = idle_fee_starts_ms(live.ctx.compiled, live.ctx.time_zone,
-                                        session_start_ms=live.start_ms,
-                                        energy_milliwh=meter.energy_milliwh,
-                                        charging_end_ms=last.at_ms)
-            self.events.publish(ev.ChargingCompleted(
-                event_id=event_id(live.session_id, "charging_completed", last.at_ms), at=at,
-                idle_fee_starts_at=None if starts is None else from_epoch_ms(starts),
-                **common))
+            self.events.publish(self._charging_completed(live, last.at_ms,
+                                                         meter.energy_milliwh))
         live.charging = charging
         if not live.stop_requested and self._cap_reached(live, cost):
             live.stop_requested = True
@@ -405,6 +402,22 @@ class ChargingService:
             self._checkpoint(live, cost, last.at_ms)
         live.last_cost = cost
         return cost
+
+    @staticmethod
+    def _charging_completed(live: _Live, at_ms: int, energy_milliwh: int
+                            ) -> ev.ChargingCompleted:
+        """The car stopped drawing power at ``at_ms`` (the same event, id included, when a
+        restarted service finds the session idle in its samples)."""
+        starts = idle_fee_starts_ms(live.ctx.compiled, live.ctx.time_zone,
+                                    session_start_ms=live.start_ms,
+                                    energy_milliwh=energy_milliwh, charging_end_ms=at_ms)
+        return ev.ChargingCompleted(
+            event_id=event_id(live.session_id, "charging_completed", at_ms),
+            at=from_epoch_ms(at_ms),
+            idle_fee_starts_at=None if starts is None else from_epoch_ms(starts),
+            operator_id=live.operator_id, session_id=live.session_id,
+            driver_id=live.driver_id, charger_id=live.charger.charger_id,
+            currency=live.ctx.currency)
 
     def _checkpoint(self, live: _Live, cost: LiveCost, at_ms: int) -> None:
         """The session row's running state (API readers on any node, the timeout sweeper,
@@ -644,6 +657,10 @@ class ChargingService:
 
     # -- missing stops -----------------------------------------------------------------------
     async def _sweep(self, every_s: float) -> None:
+        try:
+            await self.resume_active()
+        except Exception:  # noqa: BLE001 - sessions still resume on their next message
+            logger.exception("resuming active sessions failed")
         while True:
             await asyncio.sleep(every_s)
             try:
@@ -773,7 +790,32 @@ class ChargingService:
         if known is not None:
             return known
         self._remember(live)
+        if live.idle_since is not None:  # re-arms the idle-fee reminder (same event id)
+            self.events.publish(self._charging_completed(live, *live.idle_since))
         return live
+
+    async def resume_active(self, limit: int = MAX_RESUMED_AT_START) -> int:
+        """After a start: rebuild every active session's live state from its samples (newest
+        first), so timers such as idle-fee reminders are armed again without waiting for the
+        charger's next message."""
+        c = s.charging_sessions.c
+
+        def active() -> list[str]:
+            with self.engine.connect() as conn:
+                return [r.id for r in conn.execute(
+                    select(c.id).where(c.status == "active")
+                    .order_by(c.last_sample_at.desc()).limit(limit))]
+
+        resumed = 0
+        for session_id in await asyncio.to_thread(active):
+            if session_id in self._by_session:
+                continue
+            try:
+                if await self._resume_by_id(session_id) is not None:
+                    resumed += 1
+            except Exception:  # noqa: BLE001 - one broken session does not stop the others
+                logger.exception("resuming session %s failed", session_id)
+        return resumed
 
     def _resume_sync(self, session_id: str) -> _Live | None:
         with self.engine.connect() as conn:
@@ -809,8 +851,16 @@ class ChargingService:
             update_ = live.meter.add(sample)
             if update_.closed:
                 live.feed(update_.closed)
+            if update_.accepted:
+                charging = self._is_charging(live, sample)
+                if live.charging and not charging:
+                    live.idle_since = (sample.at_ms, live.meter.energy_milliwh)
+                elif charging:
+                    live.idle_since = None
+                live.charging = charging
         if samples:
             live.last_cost = self._live_cost(live, live.meter.last_at_ms)
+            live.checkpoint_at_ms = live.meter.last_at_ms
         return live
 
     # -- raw frames --------------------------------------------------------------------------

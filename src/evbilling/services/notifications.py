@@ -25,7 +25,9 @@ exponential back-off and jitter (``notification_rules.RETRY_DELAYS_S``, about 3 
 
 Per-session memory (thresholds told, pending reminders) lives in this process: the charging
 service of a session runs where its charger is connected. After a restart a replayed fact gets
-the same notification id, so nothing is stored twice; pending idle-fee reminders are lost.
+the same notification id, so nothing is stored twice; idle-fee reminders are armed again by the
+charging service, which republishes ``charging_completed`` (same id) for sessions it finds idle
+when it rebuilds them after a start.
 """
 
 from __future__ import annotations
