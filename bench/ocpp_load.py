@@ -793,6 +793,7 @@ def provision_chargers(database_url: str, count: int, password: str, version: st
     from evbilling.adapters.db.uow import write_transaction
     from evbilling.adapters.ids import new_id
     from evbilling.adapters.security import hash_password
+    from evbilling.services.catalog_generation import bump_catalog_generation
 
     engine = make_engine(database_url)
     at = dt.datetime.now(dt.UTC)
@@ -838,6 +839,7 @@ def provision_chargers(database_url: str, count: int, password: str, version: st
             conn.execute(insert(s.evses), evses)
             conn.execute(insert(s.connectors), connectors)
             conn.execute(insert(s.tokens), token_rows)
+            bump_catalog_generation(conn, oid)  # catalog snapshots see the new chargers
     finally:
         engine.dispose()
     return identities, tokens
