@@ -9,9 +9,11 @@ import threading
 import pytest
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DBAPIError
+from typer.testing import CliRunner
 
 from evbilling.adapters.db import schema
 from evbilling.adapters.db.uow import write_transaction
+from evbilling.adapters.ids import new_id
 from evbilling.domain.ledger import (
     Account,
     AccountKind,
@@ -19,7 +21,8 @@ from evbilling.domain.ledger import (
     reverse,
     wallet_top_up,
 )
-from evbilling.services import ledger
+from evbilling.entrypoints import cli
+from evbilling.services import ledger, wallets
 from evbilling.services.ledger import AlreadyReversedError
 
 AT = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC)
@@ -194,3 +197,47 @@ def test_a_zero_posting_is_refused_by_the_database(engine, operator):
 
     with pytest.raises(DBAPIError), write_transaction(engine) as conn:
         _raw_transaction(conn, operator.operator_id, "ltx_zero", [0, 0])
+
+
+def test_the_audit_finds_a_wallet_whose_balance_left_its_postings(engine, operator):
+    op = operator.operator_id
+    with write_transaction(engine) as conn:
+        driver = create_driver(conn, op)
+        wallet = wallets.lock_wallet(conn, op, driver, AT, "EUR")
+        ledger.post(conn, op, top_up(driver_id=driver), at=AT, period="2026-03")
+        wallets.set_balance(conn, op, wallet, 2000)
+    with engine.connect() as conn:
+        assert wallets.mismatched_wallets(conn) == []
+
+    with write_transaction(engine) as conn:  # a buggy writer
+        conn.execute(schema.wallets.update().values(balance_minor=2500))
+
+    with engine.connect() as conn:
+        assert [(m.driver_id, m.balance_minor, m.ledger_minor)
+                for m in wallets.mismatched_wallets(conn)] == [(driver, 2500, 2000)]
+
+
+def test_the_cli_audit_passes_on_a_sound_ledger_and_fails_on_a_broken_one(engine, operator):
+    runner = CliRunner()
+    url = engine.url.render_as_string(hide_password=False)
+    post(engine, operator.operator_id, top_up())
+
+    sound = runner.invoke(cli.app, ["db", "check-ledger", "--database-url", url])
+    with write_transaction(engine) as conn:
+        driver = create_driver(conn, operator.operator_id)
+        conn.execute(schema.wallets.insert().values(
+            id="wal_broken", operator_id=operator.operator_id, driver_id=driver,
+            currency="EUR", balance_minor=5, version=0, created_at=AT))
+    broken = runner.invoke(cli.app, ["db", "check-ledger", "--database-url", url])
+
+    assert sound.exit_code == 0, sound.output
+    assert broken.exit_code == 1
+    assert "wal_broken" in broken.output
+
+
+def create_driver(conn, operator_id: str) -> str:
+    driver_id = new_id("drv")
+    conn.execute(schema.drivers.insert().values(
+        id=driver_id, operator_id=operator_id, name="Dana", time_zone="Europe/Berlin",
+        created_at=AT))
+    return driver_id

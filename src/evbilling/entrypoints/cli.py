@@ -134,6 +134,33 @@ def db_upgrade(
     console.print(f"database at [cyan]{_safe_url(resolve(database_url))}[/cyan] is up to date")
 
 
+@db_app.command("check-ledger")
+def db_check_ledger(
+    database_url: Annotated[str | None, typer.Option("--database-url", envvar=
+                                                     "EVBILLING_DATABASE_URL")] = None,
+) -> None:
+    """Audit the ledger: unbalanced transactions and wallets whose balance differs from their
+    postings (exit status 1 if any). PostgreSQL refuses unbalanced transactions itself; on
+    SQLite this is the re-check (docs/ledger.md)."""
+    from evbilling.adapters.db.engine import make_engine
+    from evbilling.services.ledger import unbalanced_transactions
+    from evbilling.services.wallets import mismatched_wallets
+
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        unbalanced = unbalanced_transactions(conn)
+        mismatched = mismatched_wallets(conn)
+    engine.dispose()
+    for txn_id in unbalanced:
+        err_console.print(f"unbalanced ledger transaction {txn_id}")
+    for m in mismatched:
+        err_console.print(f"wallet {m.wallet_id} (driver {m.driver_id}) stores "
+                          f"{m.balance_minor}, its postings say {m.ledger_minor}")
+    if unbalanced or mismatched:
+        raise typer.Exit(1)
+    console.print("ledger balanced; every wallet matches its postings")
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 

@@ -22,7 +22,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from evbilling.adapters.db import schema as s
@@ -32,6 +32,7 @@ from evbilling.domain.invariants import require
 from evbilling.domain.ledger import (
     MAX_TOP_UP_MINOR,
     Account,
+    AccountKind,
     IdempotencyKeyReusedError,
     TransactionKind,
     accounting_month,
@@ -107,6 +108,33 @@ def set_balance(conn: Connection, operator_id: str, wallet: WalletRow, balance_m
                                      wallet.currency)
     require(in_ledger == balance_minor,
             f"wallet {wallet.id} balance {balance_minor} equals its postings ({in_ledger})")
+
+
+@dataclass(frozen=True, slots=True)
+class WalletMismatch:
+    wallet_id: str
+    operator_id: str
+    driver_id: str
+    balance_minor: int  # as stored on the wallets row
+    ledger_minor: int  # as its postings say
+
+
+def mismatched_wallets(conn: Connection, limit: int = 100) -> list[WalletMismatch]:
+    """Audit query: wallets whose stored balance differs from the sum of their postings."""
+    w, p, a = s.wallets.c, s.ledger_postings.c, s.ledger_accounts.c
+    sums = select(a.operator_id, a.code, a.currency,
+                  func.sum(p.amount_minor).label("signed")).join(
+        s.ledger_postings, p.account_id == a.id).where(
+        a.kind == AccountKind.DRIVER_WALLET.value).group_by(
+        a.operator_id, a.code, a.currency).subquery()
+    in_ledger = -func.coalesce(sums.c.signed, 0)
+    rows = conn.execute(select(w.id, w.operator_id, w.driver_id, w.balance_minor,
+                               in_ledger.label("ledger_minor")).outerjoin(
+        sums, (sums.c.operator_id == w.operator_id) & (sums.c.currency == w.currency)
+        & (sums.c.code == literal(AccountKind.DRIVER_WALLET.value + ":") + w.driver_id))
+        .where(w.balance_minor != in_ledger).order_by(w.id).limit(limit))
+    return [WalletMismatch(r.id, r.operator_id, r.driver_id, r.balance_minor, r.ledger_minor)
+            for r in rows]
 
 
 # -- top-ups ---------------------------------------------------------------------------------------
