@@ -10,8 +10,10 @@
    same key makes the unique constraint fail: the savepoint is rolled back and step 1 answers.
 
 The caller owns the unit of work (``write_transaction``): the postings commit or roll back with
-whatever else it changes (the session's completion, the wallet's balance). Balances are sums of
-postings (``account_sum_minor``); the ledger tables are never updated (migration 0005).
+whatever else it changes (the session's completion). A posting to a driver's wallet also moves
+``wallets.balance_minor`` here, in the same savepoint, so the stored balance can never drift from
+the postings whoever posts. Balances are sums of postings (``account_sum_minor``); the ledger
+tables are never updated (migration 0005).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -34,6 +36,7 @@ from evbilling.domain.errors import DomainError
 from evbilling.domain.invariants import InvariantViolation, require
 from evbilling.domain.ledger import (
     Account,
+    AccountKind,
     IdempotencyKeyReusedError,
     JournalTransaction,
     Posting,
@@ -116,6 +119,9 @@ def post(conn: Connection, operator_id: str, txn: JournalTransaction, *, at: dt.
                 {"operator_id": operator_id, "transaction_id": txn_id,
                  "account_id": accounts[p.account, p.currency], "amount_minor": p.amount_minor}
                 for p in txn.postings])
+            for p in txn.postings:
+                if p.account.kind is AccountKind.DRIVER_WALLET:
+                    _move_wallet(conn, operator_id, p)
     except IntegrityError:
         concurrent = find(conn, operator_id, txn.idempotency_key)
         if concurrent is None:
@@ -125,6 +131,20 @@ def post(conn: Connection, operator_id: str, txn: JournalTransaction, *, at: dt.
     if posted is None:
         raise InvariantViolation("a posted transaction can be read back")
     return posted
+
+
+def _move_wallet(conn: Connection, operator_id: str, posting: Posting) -> None:
+    """Keep ``wallets.balance_minor`` equal to the wallet account's postings, in the posting's
+    transaction (a debit lowers it; CHECK ``balance_non_negative`` refuses going below zero).
+    The caller has locked and, if new, created the row (``wallets.lock_wallet``)."""
+    w = s.wallets.c
+    moved = conn.execute(update(s.wallets).where(
+        w.operator_id == operator_id, w.driver_id == posting.account.ref,
+        w.currency == posting.currency).values(
+        balance_minor=w.balance_minor - posting.amount_minor, version=w.version + 1))
+    if moved.rowcount != 1:
+        raise InvariantViolation(f"a posting to {posting.account.code} needs the driver's "
+                                 f"{posting.currency} wallet row (wallets.lock_wallet first)")
 
 
 def _replay(existing: PostedTransaction, txn: JournalTransaction) -> PostedTransaction:

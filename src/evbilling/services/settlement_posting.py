@@ -139,12 +139,12 @@ def _fleet_account(conn: Connection, operator_id: str, driver_id: str) -> str | 
 
 def _debit_wallet(conn: Connection, operator_id: str, wallet: wallets.WalletRow, plan: Plan,
                   session_id: str, signed_minor: int, at: dt.datetime) -> str | None:
-    """Store the wallet's new balance; record an auto top-up request if it fell too low."""
+    """Check the wallet's new balance; record an auto top-up request if it fell too low."""
     paid = -Account.wallet(wallet.driver_id).balance_minor(signed_minor)  # > 0 when debited
     after = Wallet(Currency.of(wallet.currency), wallet.balance_minor)
     if paid > 0:
         after = after.debit(paid)
-        wallets.set_balance(conn, operator_id, wallet, after.balance_minor)
+        wallets.check_balance(conn, operator_id, wallet.driver_id, after.balance_minor)
     amount = auto_top_up_minor(after, plan)
     if amount <= 0:
         return None

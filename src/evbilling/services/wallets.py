@@ -1,11 +1,12 @@
 """Prepaid wallets on the ledger: top-ups, the wallet view, debits at settlement.
 
 * A wallet is the ledger account ``driver_wallet:<driver id>`` (credit-normal) plus the
-  ``wallets`` row, which keeps ``balance_minor`` in the same database transaction as every
-  posting to that account (CHECK ``balance_non_negative``), carries ``version`` and is the row
-  every money action on the wallet locks first (``SELECT ... FOR UPDATE``; SQLite: the write
-  transaction's ``BEGIN IMMEDIATE``). After each change ``balance_minor`` is checked against
-  the sum of the account's postings (``require``).
+  ``wallets`` row, whose ``balance_minor`` ``ledger.post`` moves with every posting to that
+  account, in the same transaction (CHECK ``balance_non_negative``). The row carries
+  ``version`` and is what every money action on the wallet locks first (``lock_wallet``:
+  ``SELECT ... FOR UPDATE``; SQLite: the write transaction's ``BEGIN IMMEDIATE``). After each
+  change the balance is checked against the domain's ``Wallet`` and the sum of the account's
+  postings (``require``).
 * Its currency is fixed when it is created: the currency of the driver's prepaid wallet plan
   if they have one, else the operator's.
 * A top-up (staff, ``Idempotency-Key``) is ``wallet_top_up``: debit ``wallet_funding``, credit
@@ -22,7 +23,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, func, literal, select, update
+from sqlalchemy import Connection, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from evbilling.adapters.db import schema as s
@@ -99,15 +100,17 @@ def lock_wallet(conn: Connection, operator_id: str, driver_id: str, at: dt.datet
     return _row(conn.execute(query).one())
 
 
-def set_balance(conn: Connection, operator_id: str, wallet: WalletRow, balance_minor: int
-                ) -> None:
-    """Store the new balance (after posting) and check it against the ledger."""
-    conn.execute(update(s.wallets).where(s.wallets.c.id == wallet.id).values(
-        balance_minor=balance_minor, version=wallet.version + 1))
-    in_ledger = ledger.balance_minor(conn, operator_id, Account.wallet(wallet.driver_id),
-                                     wallet.currency)
-    require(in_ledger == balance_minor,
-            f"wallet {wallet.id} balance {balance_minor} equals its postings ({in_ledger})")
+def check_balance(conn: Connection, operator_id: str, driver_id: str,
+                  expected_minor: int) -> None:
+    """After a posting (which moved the row, ``ledger.post``): the stored balance is the one
+    the domain computed, and equals the wallet's postings."""
+    wallet = find_wallet(conn, operator_id, driver_id)
+    require(wallet is not None and wallet.balance_minor == expected_minor,
+            f"the wallet of {driver_id} holds {expected_minor} after the posting")
+    in_ledger = ledger.balance_minor(conn, operator_id, Account.wallet(driver_id),
+                                     wallet.currency if wallet is not None else "")
+    require(in_ledger == expected_minor,
+            f"the wallet of {driver_id} ({expected_minor}) equals its postings ({in_ledger})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +195,7 @@ def top_up(conn: Connection, operator_id: str, driver_id: str, *, amount_minor: 
         posted = ledger.post(conn, operator_id, txn, at=at,
                              period=accounting_month(at, driver.time_zone))
         if not posted.replayed:
-            set_balance(conn, operator_id, wallet, credited.balance_minor)
+            check_balance(conn, operator_id, driver.id, credited.balance_minor)
     else:
         posted = ledger.post(conn, operator_id, txn, at=at, period=known.period)
     return _top_up(conn, operator_id, posted)
