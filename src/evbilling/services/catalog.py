@@ -77,9 +77,7 @@ from evbilling.domain.promotions import (
     PromotionScope,
     Purpose,
     Stacking,
-    UsageRecord,
     normalize_code,
-    rolling_energy_milliwh,
     tier_for,
     validate_tiers,
 )
@@ -947,12 +945,13 @@ def loyalty_standing(conn: Connection, operator_id: str, driver_id: str, at: dt.
         return None
     window = tiers[0].window_days
     c = s.charging_sessions.c
-    rows = conn.execute(select(c.started_at, c.energy_milliwh).where(
+    # ``rolling_energy_milliwh`` as one aggregate over the (operator, driver, started_at)
+    # index: the window [at - window, at), negative energy counting 0. A session start runs
+    # this, so its cost must not grow with the driver's history (tests compare the two).
+    energy = int(conn.execute(select(func.coalesce(func.sum(
+        case((c.energy_milliwh > 0, c.energy_milliwh), else_=0)), 0)).where(
         c.operator_id == operator_id, c.driver_id == driver_id,
-        c.started_at >= at - dt.timedelta(days=window), c.started_at < at)
-        .limit(MAX_SESSIONS_READ)).all()
-    energy = rolling_energy_milliwh((UsageRecord(_aware(r.started_at), int(r.energy_milliwh))
-                                     for r in rows), at, window)
+        c.started_at >= at - dt.timedelta(days=window), c.started_at < at)).scalar_one())
     return LoyaltyStanding(tier_for(energy, tiers), energy, window)
 
 
