@@ -22,6 +22,11 @@ from evbilling.entrypoints.rendering import (
 )
 from evbilling.services.rating import DocumentError, rate_cdr_document, running_costs
 
+#: TLS 1.2 cipher suites with forward secrecy and AEAD only (TLS 1.3 suites are separate and all
+#: allowed): a TLS 1.0/1.1 client finds nothing in common, whatever the system OpenSSL allows
+#: (OCPP 1.6 security whitepaper: TLS 1.2 or higher).
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
+
 app = typer.Typer(
     name="evbilling",
     help="Billing and payments for EV charging operators.",
@@ -194,6 +199,12 @@ def serve(
     demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Seed the demo operator first."
                                        )] = False,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    tls_cert: Annotated[Path | None, typer.Option(
+        "--tls-cert", envvar="EVBILLING_TLS_CERT",
+        help="PEM certificate (chain): serve HTTPS and wss://, for OCPP security profile 2."
+    )] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        "--tls-key", envvar="EVBILLING_TLS_KEY", help="PEM private key of --tls-cert.")] = None,
 ) -> None:
     """Serve the API (migrates the database first); /docs shows the OpenAPI UI."""
     import os
@@ -213,9 +224,14 @@ def serve(
             seed_demo(conn)
         console.print(f"demo data ready: admin API key [bold]{DEMO_API_KEY}[/bold]")
     engine.dispose()
-    console.print(f"evbilling API on [bold]http://{host}:{port}/docs[/bold]")
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("--tls-cert and --tls-key go together")
+    tls: dict[str, Any] = {} if tls_cert is None else {
+        "ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key), "ssl_ciphers": TLS_CIPHERS}
+    scheme = "https" if tls else "http"
+    console.print(f"evbilling API on [bold]{scheme}://{host}:{port}/docs[/bold]")
     uvicorn.run("evbilling.entrypoints.api.asgi:app", host=host, port=port, workers=workers,
-                log_level="warning", access_log=False)
+                log_level="warning", access_log=False, **tls)
 
 
 @app.command()
