@@ -230,8 +230,11 @@ def serve(
         "ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key), "ssl_ciphers": TLS_CIPHERS}
     scheme = "https" if tls else "http"
     console.print(f"evbilling API on [bold]{scheme}://{host}:{port}/docs[/bold]")
+    # OCPP frames are small: a per-connection deflate context would cost more memory than the
+    # rest of the connection and CPU on every frame; 1.1 MB: the gateway's frame limit (1 MiB)
     uvicorn.run("evbilling.entrypoints.api.asgi:app", host=host, port=port, workers=workers,
-                log_level="warning", access_log=False, **tls)
+                log_level="warning", access_log=False, ws_per_message_deflate=False,
+                ws_max_size=1_100_000, **tls)
 
 
 @app.command()
