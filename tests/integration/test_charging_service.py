@@ -401,3 +401,45 @@ def test_a_restarted_service_finds_an_idle_session_and_announces_it_again_with_t
     assert after[0].event_id == before[0].event_id
     assert after[0].at == before[0].at and after[0].idle_fee_starts_at == \
         before[0].idle_fee_starts_at
+
+
+def test_statuses_land_on_the_right_connector_and_a_fault_is_announced(demo):
+    """1.6: connector n is the n-th EVSE's connector; 2.0.1: EVSE and connector on it (here a
+    second connector on EVSE 1); 0 / no connector: the charger itself."""
+    from evbilling.adapters.ids import new_id
+    from evbilling.services.ports import ChargerStatus
+
+    cp16, cp201 = charger(demo, "DEMO-CP16-001"), charger(demo, "DEMO-CP201-001")
+    with write_transaction(demo) as conn:
+        evse1 = conn.execute(select(s.evses.c.id).where(
+            s.evses.c.charger_id == cp201.charger_id, s.evses.c.ocpp_evse_id == 1)).scalar_one()
+        second = new_id("con")
+        conn.execute(s.connectors.insert().values(
+            id=second, operator_id=cp201.operator_id, evse_id=evse1, connector_number=2,
+            standard="CHADEMO", power_type="DC", max_power_w=50_000,
+            created_at=dt.datetime.now(dt.UTC)))
+    at = berlin_ms(DAY, 8, 0)
+
+    async def body(service: ChargingService, sink: ListSink) -> Any:
+        await service.status_changed(ChargerStatus(cp16, 2, "Charging", None, at))
+        await service.status_changed(ChargerStatus(cp16, 0, "Available", None, at))
+        await service.status_changed(ChargerStatus(cp201, 2, "Faulted", "OtherError", at,
+                                                   evse_number=1))
+        return sink.named("charger.faulted")
+
+    faulted = run(demo, body)
+
+    def statuses(ch: ChargerRef) -> dict[tuple[int, int], str | None]:
+        with demo.connect() as conn:
+            return {(r.ocpp_evse_id, r.connector_number): r.status for r in conn.execute(
+                select(s.evses.c.ocpp_evse_id, s.connectors.c.connector_number,
+                       s.connectors.c.status).join(s.evses, s.evses.c.id == s.connectors.c.evse_id)
+                .where(s.evses.c.charger_id == ch.charger_id))}
+
+    assert statuses(cp16) == {(1, 1): None, (2, 1): "Charging"}
+    assert statuses(cp201) == {(1, 1): None, (1, 2): "Faulted", (2, 1): None}
+    with demo.connect() as conn:
+        assert conn.execute(select(s.chargers.c.status).where(
+            s.chargers.c.id == cp16.charger_id)).scalar_one() == "Available"
+    assert [(e.evse_number, e.connector_number, e.error_code) for e in faulted] == \
+        [(1, 2, "OtherError")]

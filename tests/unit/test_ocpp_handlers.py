@@ -342,8 +342,13 @@ def test_201_boot_heartbeat_and_status() -> None:
         await st.call("StatusNotification", {"timestamp": "2024-05-01T10:00:00Z",
                                               "connectorStatus": "Occupied", "evseId": 2,
                                               "connectorId": 1})
-        status = st.port.of(ChargerStatus)[0]
-        assert (status.connector_number, status.status) == (2, "Occupied")
+        await st.call("StatusNotification", {"timestamp": "2024-05-01T10:00:01Z",
+                                              "connectorStatus": "Faulted", "evseId": 1,
+                                              "connectorId": 2})
+        first, second = st.port.of(ChargerStatus)
+        # the EVSE and the connector on it (a 2.0.1 EVSE can have several connectors)
+        assert (first.evse_number, first.connector_number, first.status) == (2, 1, "Occupied")
+        assert (second.evse_number, second.connector_number) == (1, 2)
     run(test)
 
 

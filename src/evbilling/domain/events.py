@@ -137,3 +137,4 @@ class ChargerFaulted(Event):
     connector_number: int | None
     error_code: str
     info: str | None = None
+    evse_number: int | None = None  # 2.0.1: the EVSE of the connector

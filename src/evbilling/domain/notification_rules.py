@@ -479,6 +479,8 @@ def describe(event: Event) -> tuple[str, str]:
                 + ("" if event.billed else " The bill follows shortly."))
     if isinstance(event, ChargerFaulted):
         where = f" connector {event.connector_number}" if event.connector_number else ""
+        if event.evse_number:
+            where = f" EVSE {event.evse_number}{where}"
         return (f"Charger {event.charger_identity} faulted",
                 f"Charger {event.charger_identity}{where} reports {event.error_code}"
                 + (f": {event.info}" if event.info else "") + f" at {_time(event.at)}.")

@@ -703,11 +703,12 @@ class ChargingService:
         await asyncio.to_thread(self._status_sync, cmd)
         if cmd.status == "Faulted":
             self.events.publish(ev.ChargerFaulted(
-                event_id=event_id(cmd.charger.charger_id, "faulted", cmd.connector_number,
-                                  cmd.at_ms),
+                event_id=event_id(cmd.charger.charger_id, "faulted",
+                                  *(() if cmd.evse_number is None else (cmd.evse_number,)),
+                                  cmd.connector_number, cmd.at_ms),
                 operator_id=cmd.charger.operator_id, at=from_epoch_ms(cmd.at_ms),
                 charger_id=cmd.charger.charger_id, charger_identity=cmd.charger.identity,
-                connector_number=cmd.connector_number,
+                connector_number=cmd.connector_number, evse_number=cmd.evse_number,
                 error_code=cmd.error_code or "OtherError", info=cmd.info))
 
     def _status_sync(self, cmd: ChargerStatus) -> None:
@@ -717,7 +718,8 @@ class ChargingService:
                 conn.execute(update(s.chargers).where(s.chargers.c.id == cmd.charger.charger_id)
                              .values(status=cmd.status[:20], last_seen_at=at))
                 return
-            connector_id = self._connector_id(conn, cmd.charger, None, cmd.connector_number)
+            connector_id = self._connector_id(conn, cmd.charger, cmd.evse_number,
+                                              cmd.connector_number)
             if connector_id is not None:
                 conn.execute(update(s.connectors).where(s.connectors.c.id == connector_id)
                              .values(status=cmd.status[:20], status_at=at,

@@ -113,6 +113,9 @@ class ChargerStatus:
     error_code: str | None
     at_ms: int
     info: str | None = None
+    #: 2.0.1: the EVSE, whose ``connector_number``-th connector this is (1.6: None, the
+    #: connector id counts EVSEs)
+    evse_number: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,8 +92,9 @@ async def status_notification(conn: Connection, call: Call, text: str) -> Reply:
     p = call.payload
     evse: int = p["evseId"]
     await conn.port.status_changed(ChargerStatus(
-        charger=conn.charger, connector_number=evse or None, status=p["connectorStatus"],
-        error_code=None, at_ms=epoch_ms_or(p["timestamp"], conn.now_ms())))
+        charger=conn.charger, connector_number=p["connectorId"] if evse else None,
+        status=p["connectorStatus"], error_code=None,
+        at_ms=epoch_ms_or(p["timestamp"], conn.now_ms()), evse_number=evse or None))
     return Reply({})
 
 
