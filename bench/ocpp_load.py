@@ -45,6 +45,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import random
 import secrets
 import socket
 import subprocess
@@ -60,6 +61,8 @@ from typing import Any, cast
 
 import orjson
 
+from evbilling.simulator.curves import AC_22KW, random_session
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 PYTHON = sys.executable
@@ -67,7 +70,11 @@ EVBILLING = str(Path(sys.executable).with_name("evbilling"))
 API_KEY = "evbk_demo_admin_key_do_not_use_in_production"
 BENCH_PASSWORD = "bench-charger-secret-0001"  # noqa: S105 - benchmark chargers only
 SAMPLED_VALUES = 9
-POWER_W = 11_000
+#: The load's cars charge along the simulator's curves (evbilling.simulator.curves), one
+#: simulated minute per wall second: a session ramps up, charges at up to 22 kW, tapers and
+#: idles when full within the run's minutes, as `evbilling simulate` cars do.
+SIM_SPEEDUP = 60
+CURVE_SEED = 20_261_124
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -223,7 +230,7 @@ _SV201 = (
 )
 METER_201 = (b'[2,"%d","TransactionEvent",{"eventType":"Updated","timestamp":"%s",'
              b'"triggerReason":"MeterValuePeriodic","seqNo":%d,"transactionInfo":'
-             b'{"transactionId":"%s","chargingState":"Charging"},"evse":{"id":1,"connectorId":1},'
+             b'{"transactionId":"%s","chargingState":"%s"},"evse":{"id":1,"connectorId":1},'
              b'"meterValue":[{"timestamp":"%s","sampledValue":[' + _SV201 + b']}]}]')
 
 
@@ -307,8 +314,12 @@ class RawCharger(asyncio.Protocol):
         self.transaction_id = 0  # 1.6, from StartTransaction
         self.tx_uid = f"bench-{identity}"[:36]  # 2.0.1, ours
         self.seq_no = 1
-        self.register_mwh = 1_000_000 * 1000 + index * 1000
-        self.last_sample = time.time()
+        self.register_wh_start = 1_000_000 + index
+        self.register_mwh = self.register_wh_start * 1000
+        #: the car on this connector: the simulator's charging curve (ramp, constant current,
+        #: taper near full, idle when full), run at SIM_SPEEDUP x wall time from the start
+        self.curve = random_session(random.Random(CURVE_SEED + index), AC_22KW)  # noqa: S311
+        self.plugged_at = time.time()
         self.in_flight = False
         self.sent_at = 0.0
         self.on_answer: Callable[[RawCharger, float, bool], None] | None = None
@@ -429,20 +440,23 @@ class RawCharger(asyncio.Protocol):
         return message[2]
 
     def send_sample(self) -> None:
-        """One MeterValues (1.6) / TransactionEvent Updated (2.0.1) with 9 sampled values."""
+        """One MeterValues (1.6) / TransactionEvent Updated (2.0.1) with 9 sampled values,
+        read off the simulator's charging curve of this charger's car."""
         now = time.time()
-        self.register_mwh += int(POWER_W * (now - self.last_sample) / 3.6)
-        self.last_sample = now
-        register = self.register_mwh // 1000
-        current = b"15.9"
+        sample = self.curve.sample(int((now - self.plugged_at) * 1000 * SIM_SPEEDUP))
+        register = self.register_wh_start + sample.energy_wh
+        self.register_mwh = register * 1000
+        l1, l2, l3 = (b"%d.%d" % divmod(da, 10) for da in sample.current_da)
+        soc = sample.soc_permille // 10
         stamp = _timestamp(now)
         self.message_id += 1
         if self.job.version == "1.6":
-            payload = METER_16 % (self.message_id, self.transaction_id, stamp, register, POWER_W,
-                                  current, current, current, 55)
+            payload = METER_16 % (self.message_id, self.transaction_id, stamp, register,
+                                  sample.power_w, l1, l2, l3, soc)
         else:
+            state = b"Charging" if sample.power_w > 0 else b"SuspendedEV"
             payload = METER_201 % (self.message_id, stamp, self.seq_no, self.tx_uid.encode(),
-                                   stamp, register, POWER_W, current, current, current, 55)
+                                   state, stamp, register, sample.power_w, l1, l2, l3, soc)
             self.seq_no += 1
         self.in_flight = True
         self.sent_at = time.perf_counter()
