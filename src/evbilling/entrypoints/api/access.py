@@ -17,6 +17,7 @@ from evbilling.entrypoints.api import auth
 from evbilling.entrypoints.api.auth import API_KEY_PREFIX, CurrentPrincipal, Role, now, require_role
 from evbilling.entrypoints.api.errors import ApiError
 from evbilling.entrypoints.api.limits import login_limiter
+from evbilling.entrypoints.api.openapi import raises
 from evbilling.entrypoints.api.resources import Strict
 
 router = APIRouter(tags=["access"])
@@ -37,7 +38,8 @@ class LoginResponse(BaseModel):
     role: str
 
 
-@router.post("/auth/login", summary="Log in with e-mail and password; returns a bearer token")
+@router.post("/auth/login", summary="Log in with e-mail and password; returns a bearer token",
+             openapi_extra=raises("unauthenticated", "rate_limited"))
 def login(body: LoginRequest, request: Request) -> LoginResponse:
     source = request.client.host if request.client else None
     login_limiter.check(f"{body.operator_id}:{body.email.lower()}", source)

@@ -22,6 +22,7 @@ from evbilling.entrypoints.api import (
     fleet,
     limits,
     notifications,
+    openapi,
     quotes,
     sessions,
     tariffs,
@@ -121,6 +122,7 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None,
     app.state.catalog_cache = CatalogCache(GenerationReader(engine))
     app.state.background = []  # objects with async start() / stop(), in start order
     errors.install(app)
+    openapi.install(app)  # every problem each operation can answer, links (S1)
     # log-in and promo-code limits: shared by every worker and node through Redis when set
     limits.configure(os.environ.get("EVBILLING_REDIS_URL"))
     notifications.setup(app, engine)  # app.state.notifications: the charging service's sink

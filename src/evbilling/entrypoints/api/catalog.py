@@ -56,6 +56,7 @@ from evbilling.entrypoints.api.auth import (
     require_role,
 )
 from evbilling.entrypoints.api.errors import ApiError
+from evbilling.entrypoints.api.openapi import raises
 from evbilling.entrypoints.api.resources import Id, Name, Strict
 from evbilling.services import catalog
 from evbilling.services.quotes import Advice, AdviceRequest, ProfileRequest, advise
@@ -185,6 +186,7 @@ def _self_or_forbidden(principal: Principal, driver_id: str | None) -> str | Non
 
 
 # -- plans ----------------------------------------------------------------------------------------
+PLAN_CODES = raises("invalid_plan", "unknown_reference", "currency_mismatch", "unknown_currency")
 _PLAN_FIELDS = {"included_energy_milliwh": "included_energy_kwh",
                 "fair_use_cap_milliwh": "fair_use_cap_kwh"}
 
@@ -271,7 +273,8 @@ def list_plans(request: Request, principal: CurrentPrincipal, limit: Limit = 20,
     return _page([_plan_out(r) for r in records], more)
 
 
-@router.post("/plans", tags=["plans"], status_code=201, summary="Create a plan (version 1)")
+@router.post("/plans", tags=["plans"], status_code=201, summary="Create a plan (version 1)",
+             openapi_extra=PLAN_CODES)
 def create_plan(body: PlanCreate, request: Request, principal: CurrentPrincipal
                 ) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
@@ -300,7 +303,8 @@ def get_plan(row_id: str, request: Request, principal: CurrentPrincipal) -> dict
         return _plan_out(catalog.load_plan_record(conn, principal.operator_id, row_id))
 
 
-@router.patch("/plans/{row_id}", tags=["plans"], summary="Edit a plan: publishes version + 1")
+@router.patch("/plans/{row_id}", tags=["plans"], summary="Edit a plan: publishes version + 1",
+              openapi_extra=PLAN_CODES)
 def edit_plan(row_id: str, body: PlanChanges, request: Request, principal: CurrentPrincipal
               ) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
@@ -331,6 +335,8 @@ def list_plan_versions(row_id: str, request: Request, principal: CurrentPrincipa
 
 
 # -- promotions -----------------------------------------------------------------------------------
+PROMOTION_CODES = raises("invalid_promotion", "already_exists", "unknown_reference",
+                         "unknown_currency")
 _PROMOTION_FIELDS = {"benefit.free_energy_milliwh": "benefit.free_energy_kwh"}
 
 
@@ -443,7 +449,8 @@ def list_promotions(request: Request, principal: CurrentPrincipal, limit: Limit 
     return _page([_promotion_out(r) for r in records], more)
 
 
-@router.post("/promotions", tags=["promotions"], status_code=201, summary="Create a promotion")
+@router.post("/promotions", tags=["promotions"], status_code=201, summary="Create a promotion",
+             openapi_extra=PROMOTION_CODES)
 def create_promotion(body: PromotionCreate, request: Request, principal: CurrentPrincipal
                      ) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
@@ -469,7 +476,8 @@ def get_promotion(row_id: str, request: Request, principal: CurrentPrincipal
         return _promotion_out(catalog.load_promotion(conn, principal.operator_id, row_id))
 
 
-@router.patch("/promotions/{row_id}", tags=["promotions"], summary="Change a promotion")
+@router.patch("/promotions/{row_id}", tags=["promotions"], summary="Change a promotion",
+              openapi_extra=PROMOTION_CODES)
 def edit_promotion(row_id: str, body: PromotionChanges, request: Request,
                    principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
@@ -487,7 +495,7 @@ def edit_promotion(row_id: str, body: PromotionChanges, request: Request,
 
 
 @router.delete("/promotions/{row_id}", tags=["promotions"], status_code=204,
-               summary="Delete a promotion never redeemed")
+               summary="Delete a promotion never redeemed", openapi_extra=raises("in_use"))
 def delete_promotion(row_id: str, request: Request, principal: CurrentPrincipal) -> Response:
     require_role(principal, STAFF, write=True)
     with write_transaction(request.app.state.engine) as conn:
@@ -549,7 +557,7 @@ def list_tiers(request: Request, principal: CurrentPrincipal, limit: Limit = 20,
 
 
 @router.post("/loyalty-tiers", tags=["loyalty"], status_code=201,
-             summary="Create a loyalty tier")
+             summary="Create a loyalty tier", openapi_extra=raises("invalid_loyalty_tier"))
 def create_tier(body: TierCreate, request: Request, principal: CurrentPrincipal
                 ) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
@@ -571,7 +579,8 @@ def get_tier(row_id: str, request: Request, principal: CurrentPrincipal) -> dict
         return _tier_out(catalog.load_tier(conn, principal.operator_id, row_id))
 
 
-@router.patch("/loyalty-tiers/{row_id}", tags=["loyalty"], summary="Change a loyalty tier")
+@router.patch("/loyalty-tiers/{row_id}", tags=["loyalty"], summary="Change a loyalty tier",
+              openapi_extra=raises("invalid_loyalty_tier"))
 def edit_tier(row_id: str, body: TierChanges, request: Request, principal: CurrentPrincipal
               ) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
@@ -627,7 +636,9 @@ def get_driver_plan(row_id: str, request: Request, principal: CurrentPrincipal
 
 
 @router.post("/drivers/{row_id}/plan", tags=["plans"],
-             summary="Switch a driver's plan (now or next period), with proration")
+             summary="Switch a driver's plan (now or next period), with proration",
+             openapi_extra=raises("plan_unchanged", "plan_inactive", "plan_not_offered",
+                                  "currency_mismatch"))
 def switch_driver_plan(row_id: str, body: PlanSwitchIn, request: Request,
                        principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF | {Role.DRIVER}, write=True)
@@ -716,7 +727,9 @@ def render_cost(rank: int, cost: PlanCost, advice: Advice) -> dict[str, Any]:
 
 
 @router.post("/plan-advisor", tags=["plans"],
-             summary="A driver's usage under every plan they may choose, cheapest first")
+             summary="A driver's usage under every plan they may choose, cheapest first",
+             openapi_extra=raises("not_found", "invalid_usage_profile", "unknown_time_zone",
+                                  "no_tariff_in_force"))
 def plan_advisor(body: AdvisorIn, request: Request, principal: CurrentPrincipal
                  ) -> dict[str, Any]:
     require_role(principal, EVERYONE)

@@ -30,6 +30,7 @@ from evbilling.entrypoints.api.auth import (
     require_role,
 )
 from evbilling.entrypoints.api.errors import ApiError
+from evbilling.entrypoints.api.openapi import raises
 from evbilling.services.catalog_generation import bump_catalog_generation
 
 MAX_PAGE = 100
@@ -62,6 +63,8 @@ class Resource:
     #: Quotes read these rows from a per-process snapshot: every write bumps the operator's
     #: catalog generation in its transaction (``services/catalog_generation.py``).
     catalog: bool = False
+    #: Problem codes of ``prepare`` / ``check_update`` beyond the generic ones (OpenAPI).
+    write_codes: tuple[str, ...] = ()
 
 
 def _scoped(res: Resource, principal: Principal) -> list[Any]:
@@ -162,7 +165,9 @@ def build_router(res: Resource) -> APIRouter:
 
     create_row.__annotations__["body"] = res.create
     router.add_api_route("", create_row, methods=["POST"], status_code=201,
-                         summary=f"Create one of {res.name}")
+                         summary=f"Create one of {res.name}",
+                         openapi_extra=raises("already_exists", "unknown_reference",
+                                              *res.write_codes))
 
     if res.update is not None:
         def update_row(row_id: str, body: BaseModel, request: Request,
@@ -200,10 +205,13 @@ def build_router(res: Resource) -> APIRouter:
 
         update_row.__annotations__["body"] = res.update
         router.add_api_route("/{row_id}", update_row, methods=["PATCH"],
-                             summary=f"Change one of {res.name}")
+                             summary=f"Change one of {res.name}",
+                             openapi_extra=raises("already_exists", "unknown_reference",
+                                                  *res.write_codes))
 
     if res.deletable:
-        @router.delete("/{row_id}", status_code=204, summary=f"Delete one of {res.name}")
+        @router.delete("/{row_id}", status_code=204, summary=f"Delete one of {res.name}",
+                       openapi_extra=raises("in_use"))
         def delete_row(row_id: str, request: Request, principal: CurrentPrincipal) -> Response:
             check_write(principal)
             with write_transaction(request.app.state.engine) as conn:

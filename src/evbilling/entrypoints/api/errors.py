@@ -11,7 +11,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from evbilling.domain.errors import DomainError
 
@@ -65,14 +67,23 @@ STATUS_BY_CODE: dict[str, int] = {
     "invalid_amount": 422,
     "invalid_month": 422,
     "statement_too_large": 422,
+    # notifications (docs/notifications.md)
+    "invalid_notification_rule": 422,
+    "rule_limit_reached": 422,
+    "endpoint_limit_reached": 422,
     "internal_error": 500,
 }
 
 TITLES: dict[int, str] = {
     400: "Bad request", 401: "Authentication required", 403: "Forbidden", 404: "Not found",
-    409: "Conflict", 422: "Unprocessable request", 429: "Too many requests",
+    405: "Method not allowed", 409: "Conflict", 413: "Content too large",
+    415: "Unsupported media type", 422: "Unprocessable request", 429: "Too many requests",
     500: "Internal server error",
 }
+#: Codes of the errors that Starlette / FastAPI raise themselves (routing, body decoding).
+HTTP_CODES: dict[int, str] = {400: "bad_request", 401: "unauthenticated", 403: "forbidden",
+                              404: "not_found", 405: "method_not_allowed",
+                              413: "content_too_large", 415: "unsupported_media_type"}
 
 
 class ApiError(Exception):
@@ -105,6 +116,20 @@ def problem(status: int, code: str, detail: str, *, instance: str | None = None,
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
+def allowed_methods(app: FastAPI, scope: Scope) -> str:
+    """Every method some route serves at this path (RFC 9110 ``Allow``). Starlette names only
+    the first route whose path matched, and FastAPI has one route per method."""
+    methods: set[str] = set()
+    path = scope.get("path", "")
+    for route in iter_route_contexts(app.routes):
+        regex = getattr(route, "path_regex", None)
+        if route.methods and regex is not None and regex.match(path):
+            methods |= route.methods
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -134,9 +159,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthenticated",
-                403: "forbidden"}.get(exc.status_code, "http_error")
-        return problem(exc.status_code, code, str(exc.detail), instance=request.url.path)
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request.app, request.scope)
+        return problem(exc.status_code, code, str(exc.detail), instance=request.url.path,
+                       headers=headers or None)
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:

@@ -60,6 +60,7 @@ from evbilling.entrypoints.api.auth import (
 )
 from evbilling.entrypoints.api.crud import MAX_PAGE, Resource, build_router
 from evbilling.entrypoints.api.errors import ApiError, problem
+from evbilling.entrypoints.api.openapi import raises
 from evbilling.entrypoints.api.resources import Out, Strict
 from evbilling.entrypoints.api.sessions import running_state
 from evbilling.services.notifications import DeliveryWorker, LiveHubPort, NotificationService
@@ -249,7 +250,8 @@ RULES = Resource("notification-rules", s.notification_rules, "nr", RuleCreate, R
                  RuleOut, read_roles=EVERYONE, write_roles=STAFF, driver_column="driver_id",
                  references={"driver_id": s.drivers}, filters=("event", "driver_id"),
                  prepare=_rule_values, drivers_write_own=True,
-                 check_update=_rule_update_check)
+                 check_update=_rule_update_check,
+                 write_codes=("invalid_notification_rule", "rule_limit_reached"))
 
 
 async def _forget_cached_rules(request: Request, principal: CurrentPrincipal
@@ -346,7 +348,8 @@ def list_endpoints(request: Request, principal: CurrentPrincipal,
 
 
 @router.post("/webhook-endpoints", status_code=201, tags=["webhook-endpoints"],
-             summary="Create a webhook endpoint (the signing secret is shown once)")
+             summary="Create a webhook endpoint (the signing secret is shown once)",
+             openapi_extra=raises("endpoint_limit_reached"))
 def create_endpoint(body: EndpointCreate, request: Request, principal: CurrentPrincipal
                     ) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
@@ -461,6 +464,7 @@ async def _subscribe(request_app: Any, session_id: str) -> Any:
 
 @router.get("/sessions/{session_id}/live", tags=["sessions"], response_class=StreamingResponse,
             summary="The session's events as they happen (server-sent events)",
+            openapi_extra=raises("rate_limited", authenticated=True),
             responses={200: {"description": "`text/event-stream`: `id:` the event id, "
                              "`event:` its name, `data:` JSON (amounts as decimal strings)",
                              "content": {"text/event-stream": {}}}})

@@ -39,6 +39,7 @@ from evbilling.entrypoints.api.catalog import (
 )
 from evbilling.entrypoints.api.errors import ApiError
 from evbilling.entrypoints.api.limits import promo_limiter
+from evbilling.entrypoints.api.openapi import raises
 from evbilling.entrypoints.api.resources import Id, Strict
 from evbilling.services.catalog import UnknownPromoCodeError, kwh_text
 from evbilling.services.catalog_cache import ReadConnection
@@ -98,7 +99,9 @@ def _json(content: dict[str, Any]) -> Response:
     return Response(orjson.dumps(content, default=_encode), media_type="application/json")
 
 
-@router.post("/quotes", summary="Price a hypothetical session")
+@router.post("/quotes", summary="Price a hypothetical session",
+             openapi_extra=raises("not_found", "unknown_promo_code", "no_tariff_in_force",
+                                  "rate_limited"))
 async def create_quote(body: QuoteIn, request: Request, principal: CurrentPrincipal
                        ) -> Response:
     """Runs inline on the event loop: the work is CPU-bound and short, and skipping the

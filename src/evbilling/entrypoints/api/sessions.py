@@ -36,6 +36,7 @@ from evbilling.entrypoints.api.auth import (
     require_role,
 )
 from evbilling.entrypoints.api.errors import ApiError
+from evbilling.entrypoints.api.openapi import raises
 from evbilling.entrypoints.api.resources import Strict
 from evbilling.services.catalog import kwh_text
 
@@ -159,7 +160,8 @@ def get_session(session_id: str, request: Request, principal: CurrentPrincipal
     return render_session(row, with_cdr=True, live=running_state(request.app, row))
 
 
-@router.put("/sessions/{session_id}/cap", summary="Set (or clear) the session's spending cap")
+@router.put("/sessions/{session_id}/cap", summary="Set (or clear) the session's spending cap",
+            openapi_extra=raises("session_not_active"))
 async def set_cap(session_id: str, body: CapIn, request: Request,
                   principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF | {Role.DRIVER}, write=True)
@@ -183,7 +185,8 @@ async def set_cap(session_id: str, body: CapIn, request: Request,
 
 
 @router.post("/sessions/{session_id}/stop", status_code=202,
-             summary="Ask the charger to stop the session (remote stop)")
+             summary="Ask the charger to stop the session (remote stop)",
+             openapi_extra=raises("session_not_active", "charger_unavailable"))
 async def stop_session(session_id: str, request: Request, principal: CurrentPrincipal,
                        response: Response) -> dict[str, Any]:
     require_role(principal, STAFF | {Role.DRIVER}, write=True)

@@ -31,6 +31,7 @@ from evbilling.entrypoints.api.auth import (
     require_role,
 )
 from evbilling.entrypoints.api.errors import ApiError
+from evbilling.entrypoints.api.openapi import raises
 from evbilling.entrypoints.api.resources import Strict
 from evbilling.services.catalog_generation import bump_catalog_generation
 
@@ -101,7 +102,8 @@ def _get_tariff(conn: Connection, tariff_id: str, operator_id: str) -> Any:
     return tariff
 
 
-@router.post("", status_code=201, summary="Create a tariff (version 1)")
+@router.post("", status_code=201, summary="Create a tariff (version 1)",
+             openapi_extra=raises("invalid_tariff"))
 def create_tariff(body: TariffCreate, exact: ExactJson, request: Request,
                   principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
@@ -162,7 +164,8 @@ def list_versions(tariff_id: str, request: Request, principal: CurrentPrincipal
             "has_more": False}
 
 
-@router.post("/{tariff_id}/versions", status_code=201, summary="Publish a new version")
+@router.post("/{tariff_id}/versions", status_code=201, summary="Publish a new version",
+             openapi_extra=raises("invalid_tariff", "conflict"))
 def create_version(tariff_id: str, body: VersionCreate, exact: ExactJson, request: Request,
                    principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
@@ -188,7 +191,8 @@ def create_version(tariff_id: str, body: VersionCreate, exact: ExactJson, reques
         return _tariff_out(tariff, _latest(conn, tariff_id))
 
 
-@router.put("/{tariff_id}/versions/{version}", summary="Correct a version not used yet")
+@router.put("/{tariff_id}/versions/{version}", summary="Correct a version not used yet",
+            openapi_extra=raises("invalid_tariff", "tariff_version_in_use"))
 def replace_version(tariff_id: str, version: int, body: VersionCreate, exact: ExactJson,
                     request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
