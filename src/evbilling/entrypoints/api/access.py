@@ -64,7 +64,15 @@ def logout(request: Request, principal: CurrentPrincipal) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/me", summary="The caller: operator, role, driver")
+class MeOut(BaseModel):
+    operator_id: str
+    role: Role
+    actor: str = Field(description="user:<id> or key:<id>")
+    driver_id: str | None
+    can_write: bool
+
+
+@router.get("/me", summary="The caller: operator, role, driver", response_model=MeOut)
 def me(principal: CurrentPrincipal) -> dict[str, Any]:
     return {"operator_id": principal.operator_id, "role": principal.role.value,
             "actor": principal.actor, "driver_id": principal.driver_id,
@@ -77,7 +85,32 @@ class ApiKeyCreate(Strict):
     scopes: list[Scope] = Field(default_factory=lambda: list(ALL_SCOPES))
 
 
-@router.post("/api-keys", status_code=201, summary="Create an API key (the secret is shown once)")
+class ApiKeyOut(BaseModel):
+    id: str
+    name: str
+    role: str
+    scopes: list[Scope]
+    prefix: str = Field(description="the secret's first 12 characters, to recognise it")
+    created_at: dt.datetime
+    revoked: bool
+
+
+class ApiKeyCreated(BaseModel):
+    id: str
+    name: str
+    role: str
+    scopes: list[Scope]
+    secret: str = Field(description="shown once")
+    prefix: str
+
+
+class ApiKeys(BaseModel):
+    data: list[ApiKeyOut]
+    has_more: bool
+
+
+@router.post("/api-keys", status_code=201, summary="Create an API key (the secret is shown once)",
+             response_model=ApiKeyCreated)
 def create_api_key(body: ApiKeyCreate, request: Request, principal: CurrentPrincipal
                    ) -> dict[str, Any]:
     require_role(principal, frozenset({Role.ADMIN}), write=True)
@@ -94,7 +127,7 @@ def create_api_key(body: ApiKeyCreate, request: Request, principal: CurrentPrinc
             "secret": secret, "prefix": secret[:12]}
 
 
-@router.get("/api-keys", summary="List API keys (never their secrets)")
+@router.get("/api-keys", summary="List API keys (never their secrets)", response_model=ApiKeys)
 def list_api_keys(request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, frozenset({Role.ADMIN}))
     with request.app.state.engine.connect() as conn:

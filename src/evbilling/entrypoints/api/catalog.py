@@ -23,7 +23,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from evbilling.adapters.db.uow import write_transaction
 from evbilling.domain.errors import InvalidDocumentError
@@ -55,6 +55,7 @@ from evbilling.entrypoints.api.auth import (
     now,
     require_role,
 )
+from evbilling.entrypoints.api.crud import Page
 from evbilling.entrypoints.api.errors import ApiError
 from evbilling.entrypoints.api.openapi import raises
 from evbilling.entrypoints.api.resources import Id, Name, Strict
@@ -219,6 +220,40 @@ class PlanCreate(PlanChanges):
                                  description="default: the operator's currency")
 
 
+class PlanVersionOut(BaseModel):
+    """A plan as one version says it (kWh and percentages as decimal strings)."""
+
+    id: str
+    kind: PlanKind
+    name: str
+    currency: str
+    period: BillingPeriod
+    fee_minor: int
+    fee_vat_percent: str | None
+    fee_incl_vat_minor: int
+    included_energy_kwh: str | None
+    member_tariff_id: str | None
+    fair_use_cap_kwh: str | None
+    fallback_tariff_id: str | None
+    waive_flat_fee: bool
+    wallet_top_up_threshold_minor: int | None
+    wallet_top_up_amount_minor: int | None
+    credit_limit_minor: int | None
+    promotions_eligible: bool
+    active: bool
+    version: int
+    created_at: dt.datetime
+
+
+class PlanOut(PlanVersionOut):
+    version_created_at: dt.datetime
+
+
+class PlanVersions(BaseModel):
+    data: list[PlanVersionOut]
+    has_more: bool
+
+
 def _plan_options(values: dict[str, Any]) -> dict[str, Any]:
     """API fields -> ``Plan`` fields (kWh -> integer milliwh, exactly)."""
     out = dict(values)
@@ -259,7 +294,7 @@ def _operator_currency(request: Request, operator_id: str) -> str:
         return catalog.operator_currency(conn, operator_id)
 
 
-@router.get("/plans", tags=["plans"], summary="List plans")
+@router.get("/plans", tags=["plans"], summary="List plans", response_model=Page[PlanOut])
 def list_plans(request: Request, principal: CurrentPrincipal, limit: Limit = 20,
                starting_after: Cursor = None,
                kind: Annotated[PlanKind | None, Query()] = None,
@@ -274,7 +309,7 @@ def list_plans(request: Request, principal: CurrentPrincipal, limit: Limit = 20,
 
 
 @router.post("/plans", tags=["plans"], status_code=201, summary="Create a plan (version 1)",
-             openapi_extra=PLAN_CODES)
+             openapi_extra=PLAN_CODES, response_model=PlanOut)
 def create_plan(body: PlanCreate, request: Request, principal: CurrentPrincipal
                 ) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
@@ -296,7 +331,8 @@ def create_plan(body: PlanCreate, request: Request, principal: CurrentPrincipal
     return _plan_out(record)
 
 
-@router.get("/plans/{row_id}", tags=["plans"], summary="Get a plan (current version)")
+@router.get("/plans/{row_id}", tags=["plans"], summary="Get a plan (current version)",
+            response_model=PlanOut)
 def get_plan(row_id: str, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, EVERYONE)
     with request.app.state.engine.connect() as conn:
@@ -304,7 +340,7 @@ def get_plan(row_id: str, request: Request, principal: CurrentPrincipal) -> dict
 
 
 @router.patch("/plans/{row_id}", tags=["plans"], summary="Edit a plan: publishes version + 1",
-              openapi_extra=PLAN_CODES)
+              openapi_extra=PLAN_CODES, response_model=PlanOut)
 def edit_plan(row_id: str, body: PlanChanges, request: Request, principal: CurrentPrincipal
               ) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
@@ -324,7 +360,8 @@ def edit_plan(row_id: str, body: PlanChanges, request: Request, principal: Curre
 
 
 @router.get("/plans/{row_id}/versions", tags=["plans"],
-            summary="Every published version of a plan, newest first")
+            summary="Every published version of a plan, newest first",
+            response_model=PlanVersions)
 def list_plan_versions(row_id: str, request: Request, principal: CurrentPrincipal
                        ) -> dict[str, Any]:
     require_role(principal, EVERYONE)
@@ -525,6 +562,24 @@ class TierCreate(TierChanges):
     window_days: Annotated[int, Field(ge=1, le=366)] = 90
 
 
+class BenefitOut(BaseModel):
+    kind: PromotionKind
+    percent: str | None
+    amount_minor: int | None
+    free_energy_kwh: str | None
+    free_idle_minutes: int | None
+
+
+class TierOut(BaseModel):
+    id: str
+    name: str
+    min_energy_kwh: str
+    benefit: BenefitOut | None
+    window_days: int
+    label: str
+    created_at: dt.datetime
+
+
 def _tier_fields(body: TierChanges, values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
     if "min_energy_kwh" in out:
@@ -546,7 +601,8 @@ def _tier_out(record: catalog.TierRecord) -> dict[str, Any]:
     return {**render_tier(record.id, record.tier), "created_at": record.created_at}
 
 
-@router.get("/loyalty-tiers", tags=["loyalty"], summary="List loyalty tiers")
+@router.get("/loyalty-tiers", tags=["loyalty"], summary="List loyalty tiers",
+            response_model=Page[TierOut])
 def list_tiers(request: Request, principal: CurrentPrincipal, limit: Limit = 20,
                starting_after: Cursor = None) -> dict[str, Any]:
     require_role(principal, EVERYONE)
@@ -557,7 +613,8 @@ def list_tiers(request: Request, principal: CurrentPrincipal, limit: Limit = 20,
 
 
 @router.post("/loyalty-tiers", tags=["loyalty"], status_code=201,
-             summary="Create a loyalty tier", openapi_extra=raises("invalid_loyalty_tier"))
+             summary="Create a loyalty tier", openapi_extra=raises("invalid_loyalty_tier"),
+             response_model=TierOut)
 def create_tier(body: TierCreate, request: Request, principal: CurrentPrincipal
                 ) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
@@ -572,7 +629,8 @@ def create_tier(body: TierCreate, request: Request, principal: CurrentPrincipal
     return _tier_out(record)
 
 
-@router.get("/loyalty-tiers/{row_id}", tags=["loyalty"], summary="Get a loyalty tier")
+@router.get("/loyalty-tiers/{row_id}", tags=["loyalty"], summary="Get a loyalty tier",
+            response_model=TierOut)
 def get_tier(row_id: str, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, EVERYONE)
     with request.app.state.engine.connect() as conn:
@@ -580,7 +638,7 @@ def get_tier(row_id: str, request: Request, principal: CurrentPrincipal) -> dict
 
 
 @router.patch("/loyalty-tiers/{row_id}", tags=["loyalty"], summary="Change a loyalty tier",
-              openapi_extra=raises("invalid_loyalty_tier"))
+              openapi_extra=raises("invalid_loyalty_tier"), response_model=TierOut)
 def edit_tier(row_id: str, body: TierChanges, request: Request, principal: CurrentPrincipal
               ) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
@@ -34,6 +34,15 @@ from evbilling.entrypoints.api.openapi import raises
 from evbilling.services.catalog_generation import bump_catalog_generation
 
 MAX_PAGE = 100
+Row = TypeVar("Row", bound=BaseModel)
+
+
+class Page(BaseModel, Generic[Row]):
+    """A page of a list: ``next_cursor`` is the ``starting_after`` of the next page."""
+
+    data: list[Row]
+    has_more: bool
+    next_cursor: str | None = None
 
 Prepare = Callable[[dict[str, Any], Principal, Connection, bool], dict[str, Any]]
 
@@ -105,7 +114,7 @@ def build_router(res: Resource) -> APIRouter:
         if principal.is_driver and res.driver_column is None:
             raise ApiError("forbidden", "drivers may not change this record")
 
-    @router.get("", summary=f"List {res.name}")
+    @router.get("", summary=f"List {res.name}", response_model=Page[res.out])  # type: ignore[name-defined]
     def list_rows(request: Request, principal: CurrentPrincipal,
                   limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
                   starting_after: Annotated[str | None, Query(max_length=64)] = None
@@ -127,7 +136,7 @@ def build_router(res: Resource) -> APIRouter:
         return {"data": [_out(res, r) for r in page], "has_more": len(rows) > limit,
                 "next_cursor": page[-1].id if len(rows) > limit else None}
 
-    @router.get("/{row_id}", summary=f"Get one of {res.name}")
+    @router.get("/{row_id}", summary=f"Get one of {res.name}", response_model=res.out)
     def get_row(row_id: str, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
         require_role(principal, res.read_roles)
         with request.app.state.engine.connect() as conn:
@@ -164,7 +173,7 @@ def build_router(res: Resource) -> APIRouter:
         return _out(res, row)
 
     create_row.__annotations__["body"] = res.create
-    router.add_api_route("", create_row, methods=["POST"], status_code=201,
+    router.add_api_route("", create_row, methods=["POST"], status_code=201, response_model=res.out,
                          summary=f"Create one of {res.name}",
                          openapi_extra=raises("already_exists", "unknown_reference",
                                               *res.write_codes))
@@ -204,7 +213,7 @@ def build_router(res: Resource) -> APIRouter:
             return _out(res, row)
 
         update_row.__annotations__["body"] = res.update
-        router.add_api_route("/{row_id}", update_row, methods=["PATCH"],
+        router.add_api_route("/{row_id}", update_row, methods=["PATCH"], response_model=res.out,
                              summary=f"Change one of {res.name}",
                              openapi_extra=raises("already_exists", "unknown_reference",
                                                   *res.write_codes))

@@ -58,7 +58,7 @@ from evbilling.entrypoints.api.auth import (
     now,
     require_role,
 )
-from evbilling.entrypoints.api.crud import MAX_PAGE, Resource, build_router
+from evbilling.entrypoints.api.crud import MAX_PAGE, Page, Resource, build_router
 from evbilling.entrypoints.api.errors import ApiError, problem
 from evbilling.entrypoints.api.openapi import raises
 from evbilling.entrypoints.api.resources import Out, Strict
@@ -108,6 +108,20 @@ router = APIRouter()
 
 
 # -- the in-app list ------------------------------------------------------------------------------
+class NotificationOut(BaseModel):
+    id: str
+    created_at: dt.datetime
+    event: str
+    driver_id: str | None
+    session_id: str | None
+    charger_id: str | None
+    title: str
+    body: str
+    event_id: str | None = Field(description="the event that made it")
+    data: dict[str, Any] = Field(description="the event's data (amounts as decimal strings)")
+    read_at: dt.datetime | None
+
+
 def _notification_out(row: Any) -> dict[str, Any]:
     payload = row.payload or {}
     return {"id": row.id, "created_at": _aware(row.created_at), "event": row.event,
@@ -133,7 +147,8 @@ def _notification_scope(principal: Principal) -> list[Any]:
 
 
 @router.get("/notifications", tags=["notifications"],
-            summary="In-app notifications (drivers: their own; staff: the operator's)")
+            summary="In-app notifications (drivers: their own; staff: the operator's)",
+            response_model=Page[NotificationOut])
 def list_notifications(request: Request, principal: CurrentPrincipal,
                        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
                        starting_after: Annotated[str | None, Query(max_length=64)] = None,
@@ -159,7 +174,8 @@ def list_notifications(request: Request, principal: CurrentPrincipal,
             "next_cursor": page[-1].id if len(rows) > limit else None}
 
 
-@router.get("/notifications/{row_id}", tags=["notifications"], summary="One notification")
+@router.get("/notifications/{row_id}", tags=["notifications"], summary="One notification",
+            response_model=NotificationOut)
 def get_notification(row_id: str, request: Request, principal: CurrentPrincipal
                      ) -> dict[str, Any]:
     require_role(principal, EVERYONE)
@@ -172,7 +188,7 @@ def get_notification(row_id: str, request: Request, principal: CurrentPrincipal
 
 
 @router.post("/notifications/{row_id}/read", tags=["notifications"],
-             summary="Mark a notification read (idempotent)")
+             summary="Mark a notification read (idempotent)", response_model=NotificationOut)
 def read_notification(row_id: str, request: Request, principal: CurrentPrincipal
                       ) -> dict[str, Any]:
     require_role(principal, EVERYONE, write=True)
@@ -304,6 +320,10 @@ class EndpointOut(BaseModel):
     active: bool
 
 
+class EndpointCreated(EndpointOut):
+    secret: str = Field(description="the signing secret (whsec_...), shown once")
+
+
 def _endpoint_out(row: Any) -> dict[str, Any]:
     return EndpointOut(id=row.id, created_at=row.created_at, url=row.url,
                        events=list(row.events), active=row.active).model_dump(mode="json")
@@ -329,7 +349,8 @@ def _check_endpoint(values: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get("/webhook-endpoints", tags=["webhook-endpoints"],
-            summary="List webhook endpoints (never their secrets)")
+            summary="List webhook endpoints (never their secrets)",
+            response_model=Page[EndpointOut])
 def list_endpoints(request: Request, principal: CurrentPrincipal,
                    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
                    starting_after: Annotated[str | None, Query(max_length=64)] = None
@@ -349,7 +370,7 @@ def list_endpoints(request: Request, principal: CurrentPrincipal,
 
 @router.post("/webhook-endpoints", status_code=201, tags=["webhook-endpoints"],
              summary="Create a webhook endpoint (the signing secret is shown once)",
-             openapi_extra=raises("endpoint_limit_reached"))
+             openapi_extra=raises("endpoint_limit_reached"), response_model=EndpointCreated)
 def create_endpoint(body: EndpointCreate, request: Request, principal: CurrentPrincipal
                     ) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
@@ -378,7 +399,7 @@ def _endpoint_scope(principal: Principal, row_id: str) -> list[Any]:
 
 
 @router.get("/webhook-endpoints/{row_id}", tags=["webhook-endpoints"],
-            summary="One webhook endpoint (never its secret)")
+            summary="One webhook endpoint (never its secret)", response_model=EndpointOut)
 def get_endpoint(row_id: str, request: Request, principal: CurrentPrincipal
                  ) -> dict[str, Any]:
     require_role(principal, STAFF)
@@ -391,7 +412,8 @@ def get_endpoint(row_id: str, request: Request, principal: CurrentPrincipal
 
 
 @router.patch("/webhook-endpoints/{row_id}", tags=["webhook-endpoints"],
-              summary="Change a webhook endpoint's URL, events or state")
+              summary="Change a webhook endpoint's URL, events or state",
+              response_model=EndpointOut)
 def update_endpoint(row_id: str, body: EndpointUpdate, request: Request,
                     principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)

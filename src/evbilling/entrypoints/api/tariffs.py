@@ -30,6 +30,7 @@ from evbilling.entrypoints.api.auth import (
     now,
     require_role,
 )
+from evbilling.entrypoints.api.crud import Page
 from evbilling.entrypoints.api.errors import ApiError
 from evbilling.entrypoints.api.openapi import raises
 from evbilling.entrypoints.api.resources import Strict
@@ -54,6 +55,19 @@ class TariffOut(BaseModel):
     created_at: dt.datetime
     current_version: int
     document: dict[str, Any]
+
+
+class TariffVersionOut(BaseModel):
+    id: str
+    version: int
+    created_at: dt.datetime
+    used: bool = Field(description="a session was priced with it: immutable")
+    document: dict[str, Any]
+
+
+class TariffVersions(BaseModel):
+    data: list[TariffVersionOut]
+    has_more: bool
 
 
 async def _exact_json(request: Request) -> Any:
@@ -103,7 +117,7 @@ def _get_tariff(conn: Connection, tariff_id: str, operator_id: str) -> Any:
 
 
 @router.post("", status_code=201, summary="Create a tariff (version 1)",
-             openapi_extra=raises("invalid_tariff"))
+             openapi_extra=raises("invalid_tariff"), response_model=TariffOut)
 def create_tariff(body: TariffCreate, exact: ExactJson, request: Request,
                   principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
@@ -124,7 +138,7 @@ def create_tariff(body: TariffCreate, exact: ExactJson, request: Request,
                            _latest(conn, tariff_id))
 
 
-@router.get("", summary="List tariffs")
+@router.get("", summary="List tariffs", response_model=Page[TariffOut])
 def list_tariffs(request: Request, principal: CurrentPrincipal,
                  limit: Annotated[int, Query(ge=1, le=100)] = 20,
                  starting_after: Annotated[str | None, Query(max_length=64)] = None
@@ -142,7 +156,8 @@ def list_tariffs(request: Request, principal: CurrentPrincipal,
             "next_cursor": page[-1].id if len(rows) > limit else None}
 
 
-@router.get("/{tariff_id}", summary="Get a tariff with its current version")
+@router.get("/{tariff_id}", summary="Get a tariff with its current version",
+            response_model=TariffOut)
 def get_tariff(tariff_id: str, request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, EVERYONE)
     with request.app.state.engine.connect() as conn:
@@ -150,7 +165,8 @@ def get_tariff(tariff_id: str, request: Request, principal: CurrentPrincipal) ->
                            _latest(conn, tariff_id))
 
 
-@router.get("/{tariff_id}/versions", summary="All versions of a tariff, newest first")
+@router.get("/{tariff_id}/versions", summary="All versions of a tariff, newest first",
+            response_model=TariffVersions)
 def list_versions(tariff_id: str, request: Request, principal: CurrentPrincipal
                   ) -> dict[str, Any]:
     require_role(principal, EVERYONE)
@@ -165,7 +181,7 @@ def list_versions(tariff_id: str, request: Request, principal: CurrentPrincipal
 
 
 @router.post("/{tariff_id}/versions", status_code=201, summary="Publish a new version",
-             openapi_extra=raises("invalid_tariff", "conflict"))
+             openapi_extra=raises("invalid_tariff", "conflict"), response_model=TariffOut)
 def create_version(tariff_id: str, body: VersionCreate, exact: ExactJson, request: Request,
                    principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
@@ -192,7 +208,8 @@ def create_version(tariff_id: str, body: VersionCreate, exact: ExactJson, reques
 
 
 @router.put("/{tariff_id}/versions/{version}", summary="Correct a version not used yet",
-            openapi_extra=raises("invalid_tariff", "tariff_version_in_use"))
+            openapi_extra=raises("invalid_tariff", "tariff_version_in_use"),
+            response_model=TariffOut)
 def replace_version(tariff_id: str, version: int, body: VersionCreate, exact: ExactJson,
                     request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
