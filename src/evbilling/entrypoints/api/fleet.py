@@ -19,6 +19,7 @@ from fastapi import APIRouter, Path, Query, Request
 
 from evbilling.entrypoints.api.auth import STAFF_AND_FINANCE, CurrentPrincipal, require_role
 from evbilling.entrypoints.api.catalog import clock
+from evbilling.entrypoints.api.openapi import raises
 from evbilling.services import fleet
 from evbilling.services.catalog import kwh_text
 
@@ -50,7 +51,8 @@ def list_fleet_accounts(request: Request, principal: CurrentPrincipal,
 
 
 @router.get("/fleet-accounts/{account}/statements/{month}",
-            summary="A fleet account's monthly statement (from the ledger)")
+            summary="A fleet account's monthly statement (from the ledger)",
+            openapi_extra=raises("invalid_month", "statement_too_large"))
 def get_statement(account: Account, month: Month, request: Request,
                   principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF_AND_FINANCE)

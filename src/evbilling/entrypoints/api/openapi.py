@@ -38,6 +38,7 @@ from evbilling.entrypoints.api.errors import HTTP_CODES, PROBLEM, STATUS_BY_CODE
 
 CODES_KEY = "x-problem-codes"
 AUTH_KEY = "x-authenticated"
+HEADERS_KEY = "x-required-headers"
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 SECURITY_SCHEME = "bearer"
 
@@ -76,16 +77,29 @@ _HEADERS: dict[int, dict[str, Any]] = {
 _STATUS_BY_HTTP_CODE = {code: status for status, code in HTTP_CODES.items()}
 
 
-def raises(*codes: str, authenticated: bool = False) -> dict[str, Any]:
+def raises(*codes: str, authenticated: bool = False,
+           required_headers: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """``openapi_extra`` for a route: the problem codes it answers beyond the defaults (module
-    doc); ``authenticated`` for a route that checks the bearer token itself."""
+    doc); ``authenticated`` for a route that checks the bearer token itself;
+    ``required_headers``: header -> JSON schema, for a header the route checks itself (and
+    answers a problem of its own when it is missing), so its parameter is optional to FastAPI
+    but required in the document."""
     unknown = [c for c in codes if status_of(c) is None]
     if unknown:
         raise ValueError(f"codes without a status in errors.STATUS_BY_CODE: {unknown}")
     extra: dict[str, Any] = {CODES_KEY: sorted(codes)}
     if authenticated:
         extra[AUTH_KEY] = True
+    if required_headers:
+        extra[HEADERS_KEY] = required_headers
     return extra
+
+
+def _require_headers(operation: dict[str, Any], headers: dict[str, dict[str, Any]]) -> None:
+    for parameter in operation.get("parameters", []):
+        if parameter.get("in") == "header" and parameter.get("name") in headers:
+            parameter["required"] = True
+            parameter["schema"] = headers[parameter["name"]]
 
 
 def status_of(code: str) -> int | None:
@@ -178,6 +192,7 @@ def document(schema: dict[str, Any], app: FastAPI) -> dict[str, Any]:
             if operation is None:
                 continue
             declared = operation.pop(CODES_KEY, [])
+            _require_headers(operation, operation.pop(HEADERS_KEY, {}))
             authenticated = operation.pop(AUTH_KEY, False) or _authenticated(dependant)
             codes = default_codes(dependant) | set(declared)
             if authenticated:

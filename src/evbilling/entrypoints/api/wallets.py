@@ -35,6 +35,7 @@ from evbilling.entrypoints.api.auth import (
 )
 from evbilling.entrypoints.api.catalog import clock
 from evbilling.entrypoints.api.errors import ApiError
+from evbilling.entrypoints.api.openapi import raises
 from evbilling.entrypoints.api.resources import Strict
 from evbilling.services import wallets
 
@@ -77,7 +78,8 @@ def _at(value: dt.datetime) -> str:
 
 
 @router.get("/drivers/{row_id}/wallet",
-            summary="A driver's wallet: balance, auto top-up settings, recent movements")
+            summary="A driver's wallet: balance, auto top-up settings, recent movements",
+            openapi_extra=raises("unknown_currency"))
 def get_wallet(row_id: str, request: Request, principal: CurrentPrincipal,
                movements: Annotated[int, Query(ge=1, le=wallets.MAX_MOVEMENTS)] = 20
                ) -> dict[str, Any]:
@@ -111,7 +113,14 @@ def get_wallet(row_id: str, request: Request, principal: CurrentPrincipal,
 
 
 @router.post("/drivers/{row_id}/wallet/top-ups", status_code=201,
-             summary="Top up a driver's wallet (staff; Idempotency-Key required)")
+             summary="Top up a driver's wallet (staff; Idempotency-Key required)",
+             openapi_extra=raises(
+                 "idempotency_key_missing", "invalid_idempotency_key", "idempotency_key_reused",
+                 "wallet_limit_exceeded", "invalid_amount", "unknown_currency",
+                 required_headers={"Idempotency-Key": {
+                     "type": "string", "pattern": f"^[!-~]{{1,{MAX_IDEMPOTENCY_KEY_LENGTH}}}$",
+                     "description": "1..128 visible ASCII characters; the same key replays "
+                                    "the first answer"}}))
 def create_top_up(row_id: str, body: TopUpIn, request: Request, response: Response,
                   principal: CurrentPrincipal,
                   key: Annotated[str | None, Header(alias="Idempotency-Key")] = None
