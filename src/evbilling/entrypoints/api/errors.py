@@ -118,15 +118,14 @@ def problem(status: int, code: str, detail: str, *, instance: str | None = None,
 
 def allowed_methods(app: FastAPI, scope: Scope) -> str:
     """Every method some route serves at this path (RFC 9110 ``Allow``). Starlette names only
-    the first route whose path matched, and FastAPI has one route per method."""
+    the first route whose path matched, and FastAPI has one route per method (and serves no
+    HEAD for a GET)."""
     methods: set[str] = set()
     path = scope.get("path", "")
     for route in iter_route_contexts(app.routes):
         regex = getattr(route, "path_regex", None)
         if route.methods and regex is not None and regex.match(path):
             methods |= route.methods
-    if "GET" in methods:
-        methods.add("HEAD")
     return ", ".join(sorted(methods))
 
 
