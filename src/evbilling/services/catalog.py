@@ -533,14 +533,19 @@ def switch_plan(conn: Connection, operator_id: str, driver_id: str, plan_id: str
                 effective: ChangeEffective, at: dt.datetime) -> PlanSwitch:
     """Switch a driver's plan NOW or at the end of the current period (``plan_change``).
 
-    The driver row is locked first (``FOR UPDATE``; on SQLite the write transaction is already
-    exclusive). A pending NEXT_PERIOD switch is replaced. NOW: the current row ends at ``at``
+    A ``plan_id`` the operator does not have is an ``UnknownReferenceError`` (the driver's
+    absence is the ``NotFoundError``). The driver row is locked first (``FOR UPDATE``; on
+    SQLite the write transaction is already exclusive). A pending NEXT_PERIOD switch is
+    replaced. NOW: the current row ends at ``at``
     and the new one starts there; NEXT_PERIOD: the current row ends at the period end, where the
     new one starts. Without a current plan the driver is on list prices (no fee), so the new
     plan's pro rata fee is charged and nothing credited.
     """
     driver = load_driver(conn, operator_id, driver_id, for_update=True)
-    new_plan = load_plan(conn, operator_id, plan_id)
+    try:
+        new_plan = load_plan(conn, operator_id, plan_id)
+    except NotFoundError as exc:  # 404 is for the driver of the path, not a body field
+        raise UnknownReferenceError("plan_id", f"no such plan: {plan_id!r}") from exc
     current = driver_plan_at(conn, operator_id, driver_id, at)
     old_plan = (load_plan_at(conn, operator_id, current.plan_id, at) if current is not None
                 else list_price_plan(operator_id, new_plan.currency))

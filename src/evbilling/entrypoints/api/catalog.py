@@ -696,7 +696,7 @@ def get_driver_plan(row_id: str, request: Request, principal: CurrentPrincipal
 @router.post("/drivers/{row_id}/plan", tags=["plans"],
              summary="Switch a driver's plan (now or next period), with proration",
              openapi_extra=raises("plan_unchanged", "plan_inactive", "plan_not_offered",
-                                  "currency_mismatch"))
+                                  "currency_mismatch", "unknown_reference"))
 def switch_driver_plan(row_id: str, body: PlanSwitchIn, request: Request,
                        principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF | {Role.DRIVER}, write=True)
