@@ -30,6 +30,7 @@ from evbilling.entrypoints.api import (
 )
 from evbilling.entrypoints.api.crud import build_router
 from evbilling.entrypoints.api.resources import resources
+from evbilling.entrypoints.heap import HeapFreezer
 from evbilling.entrypoints.ocpp import ConnectionRegistry, mount_ocpp
 from evbilling.services.catalog_cache import CatalogCache
 from evbilling.services.catalog_generation import GenerationReader
@@ -88,9 +89,10 @@ class SecurityHeaders:
 
 
 def create_app(database_url: str | None = None, *, engine: Engine | None = None,
-               charging: ChargingPort | None = None) -> FastAPI:
+               charging: ChargingPort | None = None, freeze_heap: bool = False) -> FastAPI:
     """Build the app. The database is migrated to the newest schema before serving.
-    ``charging`` replaces the charging service behind the OCPP gateway (tests)."""
+    ``charging`` replaces the charging service behind the OCPP gateway (tests);
+    ``freeze_heap``: keep garbage-collector pauses short (``entrypoints/heap.py``; servers)."""
     engine = engine or make_engine(database_url)
     migrate(engine)
 
@@ -129,6 +131,8 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None,
     service = wire_charging(app, engine)
     service.commands = registry = ConnectionRegistry()  # the service stops / shows cost via OCPP
     mount_ocpp(app, charging if charging is not None else service, registry, engine)
+    if freeze_heap:
+        app.state.background.append(HeapFreezer())
 
     app.add_middleware(quotes.QuotesFastPath)  # inside SecurityHeaders: same headers
     app.add_middleware(SecurityHeaders)
