@@ -8,6 +8,8 @@ schemathesis' default checks, through ``case.call_and_validate()``.
 * The app runs in process on a seeded SQLite file of its own (one per xdist worker).
 * Each example calls as the demo admin (API key) or, one in three, as the demo driver Alice
   (session token), so the routes drivers see are fuzzed with their narrower view too.
+* The stateful scenarios run on a second seeded app of their own (they change its data, e.g.
+  revoke API keys along the links).
 * ``EVBILLING_FUZZ_EXAMPLES`` examples per operation (default 200; nightly 2000),
   ``EVBILLING_FUZZ_STATEFUL`` scenarios through the OpenAPI links (create -> read / change /
   delete, plus the links schemathesis infers), at most ``EVBILLING_FUZZ_STEPS`` calls each.
@@ -35,8 +37,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.errors import Flaky
+from sqlalchemy import update
 
 from evbilling.adapters import security
+from evbilling.adapters.db import schema as s
+from evbilling.adapters.security import token_hash
 from evbilling.entrypoints.api import auth
 from evbilling.entrypoints.api.app import create_app
 from evbilling.services.demo import DEMO_API_KEY, DEMO_PASSWORD, seed_demo
@@ -104,43 +109,56 @@ def test_every_operation_answers_as_documented(case: schemathesis.Case) -> None:
     case.call_and_validate(headers={"Authorization": CALLERS[caller_of(case)]})
 
 
-class LinkedScenarios(schema.as_state_machine()):  # type: ignore[misc]
-    """Create -> read / change / delete chains along the OpenAPI links, as the admin. Every
-    failed check is recorded as it happens: the server's state outlives a scenario, so
-    Hypothesis' replay of a scenario may draw differently (``Flaky``), and the failure must
-    not get lost then (schemathesis' own runner does the same)."""
+def linked_scenarios(application: FastAPI) -> Any:
+    """A state machine over ``application``'s document: create -> read / change / delete chains
+    along the OpenAPI links, as the admin (module doc).
 
-    failures: ClassVar[list[str]] = []
-    scenarios: ClassVar[int] = 0
+    Every failed check is recorded as it happens: the server's state outlives a scenario, so
+    Hypothesis' replay of a scenario may draw differently (``Flaky``), and the failure must not
+    get lost then (schemathesis' own runner does the same). After each scenario the demo admin
+    key is active again (a scenario may follow the link GET /api-keys -> DELETE
+    /api-keys/{key_id} to it), so later scenarios do not all end in 401."""
+    machine = schemathesis.openapi.from_asgi("/openapi.json", application,
+                                             config=CONFIG).as_state_machine()
 
-    def setup(self) -> None:
-        LinkedScenarios.scenarios += 1
+    class LinkedScenarios(machine):  # type: ignore[misc, valid-type]
+        failures: ClassVar[list[str]] = []
+        scenarios: ClassVar[int] = 0
 
-    def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
-        return {"headers": {"Authorization": CALLERS["admin"]}}
+        def setup(self) -> None:
+            LinkedScenarios.scenarios += 1
 
-    def validate_response(self, response: schemathesis.Response, case: schemathesis.Case,
-                          additional_checks: Any = None, **kwargs: Any) -> None:
-        try:
-            super().validate_response(response, case, additional_checks=additional_checks,
-                                      **kwargs)
-        except Exception as exc:
-            self.failures.append(f"{case.method} {case.formatted_path}: {exc}")
-            raise
+        def teardown(self) -> None:
+            with application.state.engine.begin() as conn:
+                conn.execute(update(s.api_keys).where(
+                    s.api_keys.c.key_hash == token_hash(DEMO_API_KEY)).values(revoked_at=None))
+
+        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+            return {"headers": {"Authorization": CALLERS["admin"]}}
+
+        def validate_response(self, response: schemathesis.Response, case: schemathesis.Case,
+                              additional_checks: Any = None, **kwargs: Any) -> None:
+            try:
+                super().validate_response(response, case,
+                                          additional_checks=additional_checks, **kwargs)
+            except Exception as exc:
+                self.failures.append(f"{case.method} {case.formatted_path}: {exc}")
+                raise
+
+    return LinkedScenarios
 
 
 @pytest.mark.slow
 def test_linked_operations_answer_as_documented() -> None:
-    LinkedScenarios.failures.clear()
-    LinkedScenarios.scenarios = 0
+    scenarios = linked_scenarios(_app())  # a database of its own: the scenarios change it
     for _attempt in range(5):  # until the budget of scenarios ran (a Flaky replay ends a run)
         try:
-            LinkedScenarios.run(settings=settings(
-                max_examples=STATEFUL_SCENARIOS - LinkedScenarios.scenarios,
+            scenarios.run(settings=settings(
+                max_examples=STATEFUL_SCENARIOS - scenarios.scenarios,
                 stateful_step_count=STATEFUL_STEPS, deadline=None, database=None,
                 phases=[Phase.generate], suppress_health_check=list(HealthCheck)))
         except Flaky:
             pass
-        assert not LinkedScenarios.failures, "\n\n".join(LinkedScenarios.failures[:5])
-        if LinkedScenarios.scenarios >= STATEFUL_SCENARIOS:
+        assert not scenarios.failures, "\n\n".join(scenarios.failures[:5])
+        if scenarios.scenarios >= STATEFUL_SCENARIOS:
             break
