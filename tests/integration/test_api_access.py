@@ -7,9 +7,12 @@ import datetime as dt
 import hashlib
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from evbilling.adapters.db import schema
+from evbilling.entrypoints.api.app import create_app
+from evbilling.services.demo import DEMO_API_KEY, seed_demo
 
 PASSWORD = "correct horse battery"  # noqa: S105 - the fixtures' user password
 SECURITY_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY",
@@ -242,3 +245,25 @@ def test_every_response_carries_the_security_headers(admin, client, method, path
     response = client.request(method, path, headers=headers, json={} if method == "POST" else None)
 
     assert {name: response.headers.get(name) for name in SECURITY_HEADERS} == SECURITY_HEADERS
+
+
+def test_a_token_verified_for_one_database_is_not_trusted_for_another(tmp_path):
+    # The contract fuzzing runs two seeded apps in one process: the verified-token cache was
+    # keyed by the header alone, so the second app got the first one's operator and a POST
+    # failed on its foreign keys (500).
+    apps = [create_app(f"sqlite:///{tmp_path / f'{name}.sqlite3'}") for name in ("a", "b")]
+    operators = []
+    for app in apps:
+        with app.state.engine.begin() as conn:
+            operators.append(seed_demo(conn))
+    demo = {"Authorization": f"Bearer {DEMO_API_KEY}"}
+    try:
+        seen = [TestClient(app).get("/api/v1/me", headers=demo).json()["operator_id"]
+                for app in apps]
+        created = TestClient(apps[1]).post("/api/v1/api-keys", headers=demo,
+                                           json={"name": "second app"})
+    finally:
+        for app in apps:
+            app.state.engine.dispose()
+    assert seen == operators
+    assert created.status_code == 201, created.text

@@ -631,7 +631,7 @@ def test_the_generation_reader_reconnects_after_losing_its_connection(engine, se
 def both_ways(caller, body: Any, **kwargs: Any) -> tuple[Any, Any]:
     forget_all_tokens()
     through_fastapi = caller.post("/quotes", body, **kwargs)
-    assert cached_principal(f"Bearer {caller.token}") is not None
+    assert cached_principal(f"Bearer {caller.token}", caller.client.app.state.engine) is not None
     fast = caller.post("/quotes", body, **kwargs)
     return through_fastapi, fast
 

@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import URL, Connection, Engine, insert, select, update
 
 from evbilling.adapters.db import schema as s
 from evbilling.adapters.ids import new_id
@@ -97,22 +97,26 @@ def _aware(value: dt.datetime) -> dt.datetime:
 #: this node takes effect at once; on other nodes within this many seconds.
 PRINCIPAL_CACHE_TTL_S = 5.0
 _PRINCIPAL_CACHE_MAX = 10_000
-_principals: dict[str, tuple[float, Principal]] = {}
+#: (Authorization header, database URL) -> (trusted until, principal). The database is part of
+#: the key: a token verified against one database says nothing about another app's (two apps in
+#: one process answered with the first one's operator and failed on its foreign keys).
+_principals: dict[tuple[str, URL], tuple[float, Principal]] = {}
 
 
 def forget_token(authorization: str | None) -> None:
     """Drop a token from this node's cache (after a revocation or log-out)."""
-    _principals.pop(authorization or "", None)
+    for key in [k for k in _principals if k[0] == (authorization or "")]:
+        _principals.pop(key, None)
 
 
 def forget_all_tokens() -> None:
     _principals.clear()
 
 
-def cached_principal(authorization: str | None) -> Principal | None:
-    """The principal this node verified for this header less than ``PRINCIPAL_CACHE_TTL_S``
-    ago, else None (``get_principal`` then verifies it)."""
-    cached = _principals.get(authorization or "")
+def cached_principal(authorization: str | None, engine: Engine) -> Principal | None:
+    """The principal this node verified for this header against ``engine``'s database less than
+    ``PRINCIPAL_CACHE_TTL_S`` ago, else None (``get_principal`` then verifies it)."""
+    cached = _principals.get((authorization or "", engine.url))
     if cached is not None and cached[0] > time.monotonic():
         return cached[1]
     return None
@@ -120,16 +124,17 @@ def cached_principal(authorization: str | None) -> Principal | None:
 
 async def get_principal(request: Request) -> Principal:
     authorization = request.headers.get("authorization")
+    engine: Engine = request.app.state.engine
+    key = (authorization or "", engine.url)
     at = time.monotonic()
-    cached = _principals.get(authorization or "")
+    cached = _principals.get(key)
     if cached is not None and cached[0] > at:
         return cached[1]
-    engine = request.app.state.engine
     with engine.connect() as conn:
         principal = authenticate(conn, authorization)
     if len(_principals) >= _PRINCIPAL_CACHE_MAX:
         _principals.clear()
-    _principals[authorization or ""] = (at + PRINCIPAL_CACHE_TTL_S, principal)
+    _principals[key] = (at + PRINCIPAL_CACHE_TTL_S, principal)
     return principal
 
 

@@ -233,7 +233,7 @@ class QuotesFastPath:
         if content_type is not None and \
                 content_type.split(";", 1)[0].strip().lower() != "application/json":
             return None  # FastAPI decides what other media types mean
-        return cached_principal(authorization)
+        return cached_principal(authorization, scope["app"].state.engine)
 
 
 def _exception_handler(scope: Scope, exc: Exception) -> Any:
