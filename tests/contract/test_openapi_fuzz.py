@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -44,6 +45,7 @@ from evbilling.adapters.db import schema as s
 from evbilling.adapters.security import token_hash
 from evbilling.entrypoints.api import auth
 from evbilling.entrypoints.api.app import create_app
+from evbilling.entrypoints.api.limits import login_limiter, promo_limiter
 from evbilling.services.demo import DEMO_API_KEY, DEMO_PASSWORD, seed_demo
 
 EXAMPLES = int(os.environ.get("EVBILLING_FUZZ_EXAMPLES", "200"))
@@ -91,6 +93,16 @@ CONFIG = schemathesis.Config.from_dict({
         "expected-statuses": ["2xx", "401", "403", "404", "409", "422", "429"]}},
 })
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP, config=CONFIG)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _leave_no_limits_behind() -> Iterator[None]:
+    """The fuzzing fails log-ins and promo codes by the hundred from the one client address
+    every TestClient has: later tests in this worker start with fresh limits and caches."""
+    yield
+    login_limiter.reset()
+    promo_limiter.reset()
+    auth.forget_all_tokens()
 
 
 def caller_of(case: schemathesis.Case) -> str:
