@@ -23,7 +23,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, WithJsonSchema
 
 from evbilling.adapters.db.uow import write_transaction
 from evbilling.domain.errors import InvalidDocumentError
@@ -452,6 +452,48 @@ def render_benefit(benefit: Benefit | None) -> dict[str, Any] | None:
             "free_idle_minutes": benefit.free_idle_minutes}
 
 
+class BenefitOut(BaseModel):
+    kind: PromotionKind
+    percent: str | None
+    amount_minor: int | None
+    free_energy_kwh: str | None
+    free_idle_minutes: int | None
+
+
+LocalTime = Annotated[dt.time, WithJsonSchema(
+    {"type": "string", "pattern": "^[0-2][0-9]:[0-5][0-9](:[0-5][0-9](\\.[0-9]+)?)?$",
+     "description": "local time of day at the site, no offset (00:00 = end of day)"})]
+
+
+class ScopeOut(BaseModel):
+    site_ids: list[str]
+    plan_ids: list[str]
+    local_start_time: LocalTime | None
+    local_end_time: LocalTime | None
+
+
+class PromotionOut(BaseModel):
+    id: str
+    name: str
+    code: str | None = Field(description="none: automatic")
+    automatic: bool
+    currency: str
+    benefit: BenefitOut
+    label: str
+    starts_at: dt.datetime
+    ends_at: dt.datetime | None
+    scope: ScopeOut
+    redemptions_max_total: int | None
+    redemptions_max_per_driver: int | None
+    first_n_sessions: int | None
+    min_spend_minor: int | None
+    stacking: Stacking
+    priority: int
+    active: bool
+    created_at: dt.datetime
+    redemptions: int
+
+
 def render_promotion(p: Promotion) -> dict[str, Any]:
     scope = p.scope
     return {
@@ -473,7 +515,8 @@ def _promotion_out(record: catalog.PromotionRecord) -> dict[str, Any]:
             "redemptions": record.redemptions}
 
 
-@router.get("/promotions", tags=["promotions"], summary="List promotions (not for drivers)")
+@router.get("/promotions", tags=["promotions"], summary="List promotions (not for drivers)",
+            response_model=Page[PromotionOut])
 def list_promotions(request: Request, principal: CurrentPrincipal, limit: Limit = 20,
                     starting_after: Cursor = None,
                     code: Annotated[str | None, Query(max_length=32)] = None,
@@ -487,7 +530,7 @@ def list_promotions(request: Request, principal: CurrentPrincipal, limit: Limit 
 
 
 @router.post("/promotions", tags=["promotions"], status_code=201, summary="Create a promotion",
-             openapi_extra=PROMOTION_CODES)
+             openapi_extra=PROMOTION_CODES, response_model=PromotionOut)
 def create_promotion(body: PromotionCreate, request: Request, principal: CurrentPrincipal
                      ) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
@@ -505,7 +548,8 @@ def create_promotion(body: PromotionCreate, request: Request, principal: Current
     return _promotion_out(record)
 
 
-@router.get("/promotions/{row_id}", tags=["promotions"], summary="Get a promotion")
+@router.get("/promotions/{row_id}", tags=["promotions"], summary="Get a promotion",
+            response_model=PromotionOut)
 def get_promotion(row_id: str, request: Request, principal: CurrentPrincipal
                   ) -> dict[str, Any]:
     require_role(principal, STAFF_AND_FINANCE)
@@ -514,7 +558,7 @@ def get_promotion(row_id: str, request: Request, principal: CurrentPrincipal
 
 
 @router.patch("/promotions/{row_id}", tags=["promotions"], summary="Change a promotion",
-              openapi_extra=PROMOTION_CODES)
+              openapi_extra=PROMOTION_CODES, response_model=PromotionOut)
 def edit_promotion(row_id: str, body: PromotionChanges, request: Request,
                    principal: CurrentPrincipal) -> dict[str, Any]:
     require_role(principal, STAFF, write=True)
@@ -560,14 +604,6 @@ class TierCreate(TierChanges):
     name: Annotated[str, Field(min_length=1, max_length=100)]
     min_energy_kwh: EnergyKwh
     window_days: Annotated[int, Field(ge=1, le=366)] = 90
-
-
-class BenefitOut(BaseModel):
-    kind: PromotionKind
-    percent: str | None
-    amount_minor: int | None
-    free_energy_kwh: str | None
-    free_idle_minutes: int | None
 
 
 class TierOut(BaseModel):
