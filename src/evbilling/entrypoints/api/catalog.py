@@ -220,7 +220,7 @@ class PlanCreate(PlanChanges):
                                  description="default: the operator's currency")
 
 
-class PlanVersionOut(BaseModel):
+class PlanTerms(BaseModel):
     """A plan as one version says it (kWh and percentages as decimal strings)."""
 
     id: str
@@ -242,6 +242,9 @@ class PlanVersionOut(BaseModel):
     promotions_eligible: bool
     active: bool
     version: int
+
+
+class PlanVersionOut(PlanTerms):
     created_at: dt.datetime
 
 
@@ -703,6 +706,30 @@ def delete_tier(row_id: str, request: Request, principal: CurrentPrincipal) -> R
 
 
 # -- a driver's plan ------------------------------------------------------------------------------
+class UsageOut(BaseModel):
+    plan_id: str
+    period_start_at: dt.datetime
+    period_end_at: dt.datetime
+    energy_allowance_kwh: str
+    energy_used_kwh: str
+    energy_remaining_kwh: str
+
+
+class DriverPlanRowOut(BaseModel):
+    plan_id: str
+    starts_at: dt.datetime
+    ends_at: dt.datetime | None
+
+
+class DriverPlanOut(BaseModel):
+    driver_id: str
+    time_zone: str
+    plan: PlanTerms | None = Field(description="none: list prices")
+    current: DriverPlanRowOut | None
+    pending: DriverPlanRowOut | None = Field(description="a switch at the period end")
+    usage: UsageOut | None = Field(description="this period's allowance and use")
+
+
 class PlanSwitchIn(Strict):
     plan_id: Id
     effective: ChangeEffective = Field(
@@ -716,7 +743,8 @@ def _row(row: catalog.DriverPlanRow | None) -> dict[str, Any] | None:
 
 
 @router.get("/drivers/{row_id}/plan", tags=["plans"],
-            summary="A driver's plan, pending switch and usage this period")
+            summary="A driver's plan, pending switch and usage this period",
+            response_model=DriverPlanOut)
 def get_driver_plan(row_id: str, request: Request, principal: CurrentPrincipal
                     ) -> dict[str, Any]:
     require_role(principal, EVERYONE)
