@@ -105,3 +105,23 @@ def test_writes_nobody_awaits_are_committed_by_flush_and_a_bad_one_fails_alone(e
 
     seen, final = asyncio.run(main())
     assert seen == 300 and final == 301
+
+
+def test_writes_nobody_awaits_wait_for_a_bigger_batch_until_somebody_awaits_one(engine: Engine):
+    async def main() -> tuple[int, int, float]:
+        writer = GroupCommitWriter(engine, max_delay_s=0.001, idle_delay_s=30.0)
+        writer.start()
+        writer.submit_nowait(AUDIT, row(1))
+        await asyncio.sleep(0.2)
+        batches_before = writer.batches  # still filling: nobody waits for it
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await writer.submit(AUDIT, row(2))  # someone waits: the batch goes now, with both
+        waited = loop.time() - started
+        batches = writer.batches
+        await writer.stop()
+        return batches_before, batches, waited
+
+    before, after, waited = asyncio.run(main())
+    assert before == 0 and after == 1 and waited < 5.0
+    assert count(engine) == 2

@@ -2,8 +2,10 @@
 
 The OCPP gateway receives thousands of meter samples a second; one transaction per sample would
 cap it at the disk's fsync rate. Writers ``submit`` a statement with its parameters and get a
-future; a background task collects what arrived in the last few milliseconds (at most
-``max_batch`` writes), runs it in a worker thread as ONE transaction (``write_transaction``:
+future (or ``submit_nowait`` and get none); a background task collects what arrived in the last
+few milliseconds — ``max_delay_s`` (5 ms) when someone awaits a write of the batch or a
+``flush``, else up to ``idle_delay_s`` (25 ms: fewer, larger transactions) — at most
+``max_batch`` writes, runs it in a worker thread as ONE transaction (``write_transaction``:
 BEGIN IMMEDIATE on SQLite), executing identical statements as one ``executemany``, and resolves
 every future when the commit is durable. A caller that must not answer before its write is
 durable (a StopTransaction frame) awaits the future; a caller that need not (a meter sample whose
@@ -17,6 +19,7 @@ row fails only its own future. The queue is bounded (``max_pending``): ``submit`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,10 +49,17 @@ class _Write:
 
 
 class GroupCommitWriter:
-    def __init__(self, engine: Engine, *, max_delay_s: float = 0.005, max_batch: int = 5_000,
+    def __init__(self, engine: Engine, *, max_delay_s: float = 0.005,
+                 idle_delay_s: float = 0.025, max_batch: int = 5_000,
                  max_pending: int = 200_000) -> None:
         self.engine = engine
+        #: how long a batch may fill while someone awaits one of its writes (or a flush) ...
         self.max_delay_s = max_delay_s
+        #: ... and while nobody does (meter samples): fewer, larger transactions, whose fixed
+        #: cost (thread hop, BEGIN, COMMIT) was most of a small batch's
+        self.idle_delay_s = max(idle_delay_s, max_delay_s)
+        self._hurry = False  # an awaited write or a flush is waiting in the current batch
+        self._hurry_event: asyncio.Event | None = None
         self.max_batch = max_batch
         self.max_pending = max_pending
         self._pending: list[_Write] = []
@@ -66,6 +76,7 @@ class GroupCommitWriter:
     def start(self) -> None:
         if self._task is None:
             self._wake = asyncio.Event()
+            self._hurry_event = asyncio.Event()
             self._stopping = False
             self._task = asyncio.get_running_loop().create_task(self._run(),
                                                                 name="group-commit")
@@ -77,6 +88,7 @@ class GroupCommitWriter:
         self._stopping = True
         if self._wake is not None:
             self._wake.set()
+        self._hurry_up()
         await self._task
         self._task = None
 
@@ -86,6 +98,7 @@ class GroupCommitWriter:
         """Queue a write; the future resolves when it is committed (or fails)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue(_Write(statement, params, future))
+        self._hurry_up()
         return future
 
     def submit_nowait(self, statement: Executable, params: Mapping[str, Any] | None = None
@@ -111,7 +124,14 @@ class GroupCommitWriter:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._flushes.append((self._submitted, future))
+        self._hurry_up()
         await future
+
+    def _hurry_up(self) -> None:
+        if not self._hurry:
+            self._hurry = True
+            if self._hurry_event is not None:
+                self._hurry_event.set()
 
     def _finish(self, count: int) -> None:
         self._finished += count
@@ -135,7 +155,7 @@ class GroupCommitWriter:
                     return
                 continue
             if not self._stopping and len(self._pending) < self.max_batch:
-                await asyncio.sleep(self.max_delay_s)  # let the batch fill
+                await self._fill()
             batch, self._pending = (self._pending[:self.max_batch],
                                     self._pending[self.max_batch:])
             if self._pending:
@@ -143,6 +163,19 @@ class GroupCommitWriter:
             await self._commit(batch)
             if self._stopping and not self._pending:
                 return
+
+    async def _fill(self) -> None:
+        """Let the batch fill: ``max_delay_s`` when someone waits for it, else up to
+        ``idle_delay_s``, cut short when an awaited write or a flush arrives meanwhile."""
+        hurry = self._hurry_event
+        if not self._hurry and hurry is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(hurry.wait(), self.idle_delay_s)
+        if self._hurry and not self._stopping:
+            await asyncio.sleep(self.max_delay_s)
+        self._hurry = False
+        if hurry is not None:
+            hurry.clear()
 
     async def _commit(self, batch: list[_Write]) -> None:
         try:
