@@ -12,6 +12,7 @@ from evbilling.entrypoints.heap import HeapFreezer
 class FakeCollector:
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.callbacks: list[object] = []
 
     def freeze(self) -> None:
         self.calls.append("freeze")

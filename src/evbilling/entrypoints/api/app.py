@@ -89,7 +89,8 @@ class SecurityHeaders:
 
 
 def create_app(database_url: str | None = None, *, engine: Engine | None = None,
-               charging: ChargingPort | None = None, freeze_heap: bool = False) -> FastAPI:
+               charging: ChargingPort | None = None, freeze_heap: bool = False,
+               freeze_every_s: float = 60.0) -> FastAPI:
     """Build the app. The database is migrated to the newest schema before serving.
     ``charging`` replaces the charging service behind the OCPP gateway (tests);
     ``freeze_heap``: keep garbage-collector pauses short (``entrypoints/heap.py``; servers)."""
@@ -132,7 +133,7 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None,
     service.commands = registry = ConnectionRegistry()  # the service stops / shows cost via OCPP
     mount_ocpp(app, charging if charging is not None else service, registry, engine)
     if freeze_heap:
-        app.state.background.append(HeapFreezer())
+        app.state.background.append(HeapFreezer(every_s=freeze_every_s))
 
     app.add_middleware(quotes.QuotesFastPath)  # inside SecurityHeaders: same headers
     app.add_middleware(SecurityHeaders)
