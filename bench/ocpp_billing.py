@@ -46,22 +46,13 @@ from evbilling.services.demo import seed_demo
 from evbilling.services.ports import ChargerRef
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ocpp_dispatch import SAMPLED_16  # noqa: E402
 from ocpp_load import BENCH_PASSWORD, provision_chargers  # noqa: E402
 
 
 def sampled(register_wh: int) -> list[dict[str, str]]:
-    return [
-        {"value": str(register_wh), "measurand": "Energy.Active.Import.Register", "unit": "Wh",
-         "context": "Sample.Periodic", "location": "Outlet"},
-        {"value": "11.04", "measurand": "Power.Active.Import", "unit": "kW"},
-        {"value": "16.0", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
-        {"value": "16.1", "measurand": "Current.Import", "phase": "L2", "unit": "A"},
-        {"value": "15.9", "measurand": "Current.Import", "phase": "L3", "unit": "A"},
-        {"value": "230.1", "measurand": "Voltage", "phase": "L1-N", "unit": "V"},
-        {"value": "230.2", "measurand": "Voltage", "phase": "L2-N", "unit": "V"},
-        {"value": "230.3", "measurand": "Voltage", "phase": "L3-N", "unit": "V"},
-        {"value": "42", "measurand": "SoC", "unit": "Percent"},
-    ]
+    """``ocpp_dispatch``'s 9 sampled values with this register."""
+    return [{**SAMPLED_16[0], "value": str(register_wh)}, *SAMPLED_16[1:]]
 
 
 def iso(at_ms: int) -> str:

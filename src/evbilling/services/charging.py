@@ -181,8 +181,7 @@ class ChargingService:
             self._sweeper = None
         for live in list(self._by_session.values()):  # the rows catch up with the samples
             at_ms = live.meter.last_at_ms
-            if live.last_cost is not None and at_ms is not None and \
-                    live.checkpoint_at_ms != at_ms:
+            if live.last_cost is not None and live.checkpoint_at_ms != at_ms:
                 self._checkpoint(live, live.last_cost, at_ms)
         await self.writer.stop()
 

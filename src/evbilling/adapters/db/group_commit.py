@@ -58,8 +58,8 @@ class GroupCommitWriter:
         #: ... and while nobody does (meter samples): fewer, larger transactions, whose fixed
         #: cost (thread hop, BEGIN, COMMIT) was most of a small batch's
         self.idle_delay_s = max(idle_delay_s, max_delay_s)
-        self._hurry = False  # an awaited write or a flush is waiting in the current batch
-        self._hurry_event: asyncio.Event | None = None
+        #: set: an awaited write or a flush is waiting in the current batch
+        self._hurry = asyncio.Event()
         self.max_batch = max_batch
         self.max_pending = max_pending
         self._pending: list[_Write] = []
@@ -76,7 +76,7 @@ class GroupCommitWriter:
     def start(self) -> None:
         if self._task is None:
             self._wake = asyncio.Event()
-            self._hurry_event = asyncio.Event()
+            self._hurry = asyncio.Event()  # events bind to the loop that first waits on them
             self._stopping = False
             self._task = asyncio.get_running_loop().create_task(self._run(),
                                                                 name="group-commit")
@@ -128,10 +128,7 @@ class GroupCommitWriter:
         await future
 
     def _hurry_up(self) -> None:
-        if not self._hurry:
-            self._hurry = True
-            if self._hurry_event is not None:
-                self._hurry_event.set()
+        self._hurry.set()
 
     def _finish(self, count: int) -> None:
         self._finished += count
@@ -167,15 +164,13 @@ class GroupCommitWriter:
     async def _fill(self) -> None:
         """Let the batch fill: ``max_delay_s`` when someone waits for it, else up to
         ``idle_delay_s``, cut short when an awaited write or a flush arrives meanwhile."""
-        hurry = self._hurry_event
-        if not self._hurry and hurry is not None:
+        hurry = self._hurry
+        if not hurry.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(hurry.wait(), self.idle_delay_s)
-        if self._hurry and not self._stopping:
+        if hurry.is_set() and not self._stopping:
             await asyncio.sleep(self.max_delay_s)
-        self._hurry = False
-        if hurry is not None:
-            hurry.clear()
+        hurry.clear()
 
     async def _commit(self, batch: list[_Write]) -> None:
         try:

@@ -79,9 +79,8 @@ def running_state(app: Any, row: Any) -> dict[str, Any]:
     return stored
 
 
-def render_session(row: Any, *, with_cdr: bool = False,
-                   live: dict[str, Any] | None = None) -> dict[str, Any]:
-    live = live if live is not None else (row.live or {})
+def render_session(row: Any, app: Any, *, with_cdr: bool = False) -> dict[str, Any]:
+    live = running_state(app, row)
     energy = row.energy_milliwh if row.status != "active" else \
         int(live.get("energy_milliwh", row.energy_milliwh))
     out: dict[str, Any] = {
@@ -147,7 +146,7 @@ def list_sessions(request: Request, principal: CurrentPrincipal,
         rows = conn.execute(select(s.charging_sessions).where(*conditions).order_by(c.id)
                             .limit(limit + 1)).fetchall()
     page = rows[:limit]
-    return {"data": [render_session(r, live=running_state(request.app, r)) for r in page],
+    return {"data": [render_session(r, request.app) for r in page],
             "has_more": len(rows) > limit,
             "next_cursor": page[-1].id if len(rows) > limit else None}
 
@@ -157,7 +156,7 @@ def get_session(session_id: str, request: Request, principal: CurrentPrincipal
                 ) -> dict[str, Any]:
     require_role(principal, EVERYONE)
     row = _load(request, principal, session_id)
-    return render_session(row, with_cdr=True, live=running_state(request.app, row))
+    return render_session(row, request.app, with_cdr=True)
 
 
 @router.put("/sessions/{session_id}/cap", summary="Set (or clear) the session's spending cap",
@@ -181,7 +180,7 @@ async def set_cap(session_id: str, body: CapIn, request: Request,
               action="sessions.cap", target=session_id, outcome="success",
               detail=f"cap_minor={body.cap_minor} cap_kwh={body.cap_kwh}")
     row = _load(request, principal, session_id)
-    return render_session(row, live=running_state(request.app, row))
+    return render_session(row, request.app)
 
 
 @router.post("/sessions/{session_id}/stop", status_code=202,
