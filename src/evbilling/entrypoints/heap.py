@@ -32,7 +32,7 @@ logger = logging.getLogger("evbilling.heap")
 
 
 class HeapFreezer:
-    def __init__(self, *, first_after_s: float = 10.0, every_s: float = 60.0,
+    def __init__(self, *, first_after_s: float = 10.0, every_s: float = 10.0,
                  full_every_s: float = 3600.0, collector: Any = gc,
                  slow_pause_ms: float | None = 20.0) -> None:
         self.first_after_s = first_after_s

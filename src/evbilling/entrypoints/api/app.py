@@ -90,7 +90,7 @@ class SecurityHeaders:
 
 def create_app(database_url: str | None = None, *, engine: Engine | None = None,
                charging: ChargingPort | None = None, freeze_heap: bool = False,
-               freeze_every_s: float = 60.0) -> FastAPI:
+               freeze_every_s: float | None = None) -> FastAPI:
     """Build the app. The database is migrated to the newest schema before serving.
     ``charging`` replaces the charging service behind the OCPP gateway (tests);
     ``freeze_heap``: keep garbage-collector pauses short (``entrypoints/heap.py``; servers)."""
@@ -133,7 +133,8 @@ def create_app(database_url: str | None = None, *, engine: Engine | None = None,
     service.commands = registry = ConnectionRegistry()  # the service stops / shows cost via OCPP
     mount_ocpp(app, charging if charging is not None else service, registry, engine)
     if freeze_heap:
-        app.state.background.append(HeapFreezer(every_s=freeze_every_s))
+        app.state.background.append(HeapFreezer() if freeze_every_s is None
+                                    else HeapFreezer(every_s=freeze_every_s))
 
     app.add_middleware(quotes.QuotesFastPath)  # inside SecurityHeaders: same headers
     app.add_middleware(SecurityHeaders)

@@ -6,5 +6,6 @@ import os
 
 from evbilling.entrypoints.api.app import create_app
 
+_every = os.environ.get("EVBILLING_GC_FREEZE_EVERY_S")
 app = create_app(freeze_heap=os.environ.get("EVBILLING_GC_FREEZE", "1") != "0",
-                 freeze_every_s=float(os.environ.get("EVBILLING_GC_FREEZE_EVERY_S", "10")))
+                 freeze_every_s=None if _every is None else float(_every))
