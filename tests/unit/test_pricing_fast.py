@@ -373,3 +373,58 @@ def test_a_running_cost_without_descriptions_has_every_amount_of_the_described_p
         (b.total_excl_vat, b.total_incl_vat, b.applied_promotions, b.refused_promotions,
          b.energy_milliwh, b.energy_covered_milliwh, b.usage_after)
     assert all(line.description == "" for line in b.lines if line.kind.value == "charge")
+
+
+@PROPERTY
+@given(case=cases())
+def test_a_running_pricer_gives_the_totals_of_the_pipeline_at_every_sample(
+        case: dict[str, Any]) -> None:
+    """``RunningPricer`` (the live cost at every meter sample) settles the session's invariants
+    once and prices the rater's sums itself where it can: its totals are the pipeline's, and
+    where the pipeline refuses a request, so does the pricer, with the same error."""
+    facts = dataclasses.replace(case["session"], end_epoch_ms=None)
+    request, _ = requests({**case, "session": facts, "live": True, "incremental": True})
+    request = dataclasses.replace(request, describe=False)
+    pricer = pricing.RunningPricer(dataclasses.replace(
+        request, session=dataclasses.replace(facts, periods=()), rated=None))
+    assert request.rated is not None
+    expected = outcome(pricing.price_session, request)
+    got = outcome(lambda r: pricer.totals(r.session.periods, r.rated), request)
+    if expected[0] == "error":
+        assert got == expected
+        event(f"refused: {expected[1][0]}")
+        return
+    priced = pricing.price_session(request)
+    assert got == ("ok", plain(pricing.RunningTotals(priced.total_excl_vat.amount_minor,
+                                                     priced.total_incl_vat.amount_minor)))
+    event("priced by the pricer itself" if pricer._fast and request.rated.price_bound is None
+          else "priced by the pipeline")
+
+
+def test_a_running_pricer_prices_a_common_session_itself() -> None:
+    """The point of the pricer: a pay-per-use session under a tariff with a maximum price that
+    it has not reached, with a loyalty benefit, is priced without the pipeline."""
+    tariff = parse_tariff({
+        "country_code": "DE", "party_id": "EVB", "id": "t1", "currency": "EUR",
+        "max_price": {"excl_vat": Decimal("40.00"), "incl_vat": Decimal("47.60")},
+        "elements": [{"price_components": [
+            {"type": "ENERGY", "price": Decimal("0.39"), "vat": Decimal(19), "step_size": 1},
+            {"type": "PARKING_TIME", "price": Decimal("6.00"), "vat": Decimal(19),
+             "step_size": 60}]}],
+        "last_updated": "2026-01-01T00:00:00Z"})
+    start = int(dt.datetime(2026, 11, 24, 12, tzinfo=dt.UTC).timestamp() * 1000)
+    period = ChargingPeriod(start, energy_milliwh=12_345_678, time_ms=3_600_000)
+    facts = SessionFacts((period,), "Europe/Berlin", start, None)
+    plan = Plan.pay_per_use("plan", "op-1", "PAYG", EUR)
+    tier = LoyaltyTier("Gold", 100 * KWH, Benefit.percent_off_energy(Decimal(10)))
+    request = pricing.PricingRequest(facts, plan, pricing.PlanTariffs(public=tariff),
+                                     loyalty_tier=tier, rated=live_rating(tariff, facts),
+                                     describe=False)
+    pricer = pricing.RunningPricer(dataclasses.replace(
+        request, session=dataclasses.replace(facts, periods=()), rated=None))
+    priced = pricing.price_session(request)
+    assert pricer._fast
+    # 12.345678 kWh x 0.39 = 4.81 excl. (5.73 incl.), less 10 % energy loyalty: 4.33 / 5.16
+    assert pricer.totals(facts.periods, request.rated) == pricing.RunningTotals(433, 516) == \
+        pricing.RunningTotals(priced.total_excl_vat.amount_minor,
+                              priced.total_incl_vat.amount_minor)

@@ -284,10 +284,16 @@ def round_exact_to_minor(value: Fraction, currency: Currency,
 def round_rational(value: Fraction) -> int:
     """The nearest integer to an exact rational, halves away from zero (grid rounding of exact
     intermediate amounts, far below a minor unit)."""
-    magnitude, remainder = divmod(abs(value.numerator), value.denominator)
-    if 2 * remainder >= value.denominator:
+    return round_ratio(value.numerator, value.denominator)
+
+
+def round_ratio(numerator: int, denominator: int) -> int:
+    """``round_rational(Fraction(numerator, denominator))`` without making the ``Fraction``
+    (no gcd; ``denominator`` > 0): the nearest integer, halves away from zero."""
+    magnitude, remainder = divmod(abs(numerator), denominator)
+    if 2 * remainder >= denominator:
         magnitude += 1
-    return magnitude if value >= 0 else -magnitude
+    return magnitude if numerator >= 0 else -magnitude
 
 
 def exact_multiply(value: Decimal, factor: int) -> Decimal:

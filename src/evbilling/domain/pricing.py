@@ -61,7 +61,7 @@ from evbilling.domain.money import (
     allocate,
     money_sum,
     round_exact_to_minor,
-    round_rational,
+    round_ratio,
 )
 from evbilling.domain.periods import (
     MILLIWH_PER_KWH,
@@ -559,11 +559,11 @@ def _billed_units(d: RatedDimension, per_unit: int) -> int:
 
 def _minor(numerator: int, denominator: int, currency: Currency) -> int:
     """``numerator / denominator`` major units rounded once to minor units with the rounding
-    policy. For the default (HALF_UP) that is ``money.round_rational`` of the exact amount in
+    policy. For the default (HALF_UP) that is ``money.round_ratio`` of the exact amount in
     minor units: the same answer as ``round_exact_to_minor`` without its 1000-digit
     division."""
     if DEFAULT_ROUNDING is RoundingMode.HALF_UP:
-        return round_rational(Fraction(numerator * currency.minor_per_major, denominator))
+        return round_ratio(numerator * currency.minor_per_major, denominator)
     return round_exact_to_minor(Fraction(numerator, denominator), currency)
 
 
@@ -983,6 +983,135 @@ def price_session(request: PricingRequest) -> PricedSession:
         usage_after=usage.with_energy(energy.charged_milliwh) if usage is not None else None,
         warnings=rated.warnings, rated=rated,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RunningTotals:
+    """What a running cost shows: ``price_session``'s totals, in minor units."""
+
+    total_excl_minor: int
+    total_incl_minor: int
+
+
+class RunningPricer:
+    """``price_session``'s totals for one live session, at every meter sample.
+
+    Everything that cannot change while the session runs is settled once, when the session
+    starts: the plan's tariff, the usage check, and each candidate promotion's eligibility
+    without the spend (a minimum spend is checked again at every sample, with it). Then, in the
+    common case (no allowance left to cover anything, the tariff's min/max price not reached),
+    a sample costs the rater's per-element sums made into charge amounts, the discounts on them,
+    and two sums: the same numbers ``price_session`` gives, without its lines, texts and result
+    objects. Anything else (an allowance, a bound reached, a waived fee under a bound, a request
+    ``price_session`` refuses) is answered by ``price_session`` itself (``describe=False``), so
+    the two never disagree:
+    ``tests/unit/test_pricing_fast.py`` holds them equal over random requests.
+
+    ``request`` is the session's request without periods (its ``session`` gives the start and
+    the zone; ``rated`` and ``describe`` are ignored)."""
+
+    __slots__ = ("_request", "_fast", "_currency", "_waive", "_checks", "_loyalty")
+
+    def __init__(self, request: PricingRequest) -> None:
+        self._request = request
+        self._fast = False
+        self._checks: tuple[tuple[Promotion, PromotionCheck,
+                                  Callable[[int], bool] | None], ...] = ()
+        plan = request.plan
+        self._currency = plan.currency
+        self._waive = plan.waive_flat_fee
+        self._loyalty = request.loyalty_tier
+        try:
+            tariff = request.tariffs.for_plan(plan)
+            started_at = from_epoch_ms(session_start_ms(request.session))
+            usage = _checked_usage(plan, request.usage, started_at)
+        except DomainError:
+            return  # price_session raises it, at every sample
+        if usage is not None and usage.energy_remaining_milliwh > 0:
+            return  # coverage: price_session
+        if self._waive and (tariff.min_price is not None or tariff.max_price is not None):
+            return  # a waived fee with a price bound: price_session
+        promotions, context = request.promotions, request.promotion_context
+        if len(promotions) > MAX_PROMOTIONS_PER_CHARGE or (promotions and (
+                context is None or context.plan_id != plan.id)):
+            return  # refused by price_session
+        if context is not None:
+            self._checks = tuple(
+                (p, _check_promotion(p, context, started_at, request.session.time_zone,
+                                     Purpose.SESSION, plan.currency, plan.promotions_eligible,
+                                     None),
+                 _spend_check(p, context, started_at, request.session.time_zone,
+                              plan.currency, plan.promotions_eligible))
+                for p in promotions)
+        self._fast = True
+
+    def totals(self, periods: tuple[ChargingPeriod, ...], rated: RatedSession) -> RunningTotals:
+        """The totals of the session so far: ``periods`` (the last one may be open) rated by a
+        ``SessionRater`` of the plan's tariff (``rated``)."""
+        if not self._fast or rated.price_bound is not None:
+            return self._priced(periods, rated)
+        cur = self._currency
+        groups: dict[_Key, list[int]] = {}
+        for q in rated.billed():
+            dim = _dimension(q)
+            if self._waive and dim.code is LineCode.SESSION_FEE:
+                continue
+            key = (dim.code, q.price_micro, q.vat_bp)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [q.quantity, dim.factor]
+            else:
+                group[0] += q.quantity
+        cells: list[AmountCell] = []
+        excl_total = incl_total = energy_priced = idle_priced = 0
+        for (code, price_micro, vat_bp), (quantity, factor) in groups.items():
+            if quantity == 0:
+                continue
+            excl = price_micro * quantity * factor
+            excl_minor = _minor(excl, MONEY_DENOMINATOR, cur)
+            incl_minor = _minor(excl * (VAT_SCALE + (vat_bp or 0)), _INCL_DENOMINATOR, cur)
+            excl_total += excl_minor
+            incl_total += incl_minor
+            cells.append(AmountCell(_CATEGORY[code], None if vat_bp is None
+                                    else vat_decimal(vat_bp), excl_minor, incl_minor))
+            if price_micro > 0:
+                if code is LineCode.ENERGY:
+                    energy_priced += quantity
+                elif code is LineCode.IDLE_TIME:
+                    idle_priced += quantity
+        eligible = [p for p, check, needs_spend in self._checks
+                    if check.eligible and (needs_spend is None or needs_spend(incl_total))]
+        loyalty = self._loyalty
+        if eligible or (loyalty is not None and loyalty.benefit is not None and cells):
+            base = DiscountBase(self._currency, tuple(cells), energy_priced, idle_priced)
+            for d in apply_promotions(base, eligible, loyalty).discounts:
+                for part in d.parts:
+                    excl_total -= part.excl_minor
+                    incl_total -= part.incl_minor
+        return RunningTotals(excl_total, incl_total)
+
+    def _priced(self, periods: tuple[ChargingPeriod, ...], rated: RatedSession
+                ) -> RunningTotals:
+        request = self._request
+        facts = request.session
+        priced = price_session(PricingRequest(
+            SessionFacts(periods, facts.time_zone, facts.start_epoch_ms, facts.end_epoch_ms),
+            request.plan, request.tariffs, usage=request.usage, promotions=request.promotions,
+            promotion_context=request.promotion_context, loyalty_tier=request.loyalty_tier,
+            rated=rated, describe=False))
+        return RunningTotals(priced.total_excl_vat.amount_minor,
+                             priced.total_incl_vat.amount_minor)
+
+
+def _spend_check(promotion: Promotion, context: PromotionContext, at: dt.datetime,
+                 time_zone: str, currency: Currency, plan_ok: bool
+                 ) -> Callable[[int], bool] | None:
+    """For a promotion with a minimum spend: whether it is eligible at a spend (``_check_
+    promotion`` with the spend); None for one without."""
+    if promotion.min_spend_minor is None:
+        return None
+    return lambda spend: _check_promotion(promotion, context, at, time_zone, Purpose.SESSION,
+                                          currency, plan_ok, spend).eligible
 
 
 def price_plan_fee(plan: Plan, *, at: dt.datetime, time_zone: str, fee_minor: int | None = None,

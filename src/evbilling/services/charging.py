@@ -45,8 +45,9 @@ from evbilling.adapters.ids import new_id
 from evbilling.domain import events as ev
 from evbilling.domain.idle import idle_fee_starts_ms
 from evbilling.domain.metering import MeterSample, SessionMeter, periods_from_samples
+from evbilling.domain.money import Money
 from evbilling.domain.periods import ChargingPeriod, from_epoch_ms
-from evbilling.domain.pricing import PricedSession
+from evbilling.domain.pricing import PricedSession, RunningPricer, RunningTotals
 from evbilling.domain.rating import SessionRater
 from evbilling.services.ports import (
     BootInfo,
@@ -61,7 +62,12 @@ from evbilling.services.ports import (
     TokenStatus,
     TransactionStarted,
 )
-from evbilling.services.session_pricing import PricingContext, load_context, price
+from evbilling.services.session_pricing import (
+    PricingContext,
+    load_context,
+    price,
+    running_pricer,
+)
 from evbilling.services.settlement_posting import post_session, start_refusal
 
 logger = logging.getLogger(__name__)
@@ -102,6 +108,7 @@ class _Live:
     ctx: PricingContext
     meter: SessionMeter
     rater: SessionRater
+    pricer: RunningPricer
     cap_minor: int | None
     cap_milliwh: int | None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -313,7 +320,7 @@ class ChargingService:
             start_ms=start_ms, energy_milliwh_start=energy_start, ctx=ctx,
             meter=SessionMeter(ctx.compiled, ctx.time_zone, start_ms, energy_start or 0),
             rater=SessionRater(ctx.compiled, ctx.time_zone, start_ms),
-            cap_minor=cap_minor, cap_milliwh=cap_milliwh, last_seq_no=seq_no)
+            pricer=running_pricer(ctx, start_ms=start_ms), cap_minor=cap_minor, cap_milliwh=cap_milliwh, last_seq_no=seq_no)
 
     def _remember(self, live: _Live) -> None:
         self._live[(live.charger.charger_id, live.ocpp_transaction_id)] = live
@@ -482,9 +489,7 @@ class ChargingService:
         pending = live.meter.pending()
         rated = live.rater.snapshot_with(pending, at_ms)
         periods = tuple(live.closed) if pending is None else (*live.closed, pending)
-        priced = price(live.ctx, periods, start_ms=live.start_ms, end_ms=None, rated=rated,
-                       describe=False)
-        return _cost(live, priced, live.meter.energy_milliwh, final=False)
+        return _running_cost(live, live.pricer.totals(periods, rated), live.meter.energy_milliwh)
 
     # -- stop ------------------------------------------------------------------------------
     async def stop_transaction(self, cmd: StopTransaction) -> LiveCost | None:
@@ -918,6 +923,15 @@ def _cost(live: _Live, priced: PricedSession, energy: int, *, final: bool) -> Li
                     total_excl=priced.total_excl_vat.amount,
                     total_incl=priced.total_incl_vat.amount,
                     amount_minor_incl=priced.total_incl_vat.amount_minor, final=final)
+
+
+def _running_cost(live: _Live, totals: RunningTotals, energy: int) -> LiveCost:
+    cur = live.ctx.plan.currency
+    return LiveCost(session_id=live.session_id, ocpp_transaction_id=live.ocpp_transaction_id,
+                    currency=live.ctx.currency, energy_milliwh=energy,
+                    total_excl=Money(totals.total_excl_minor, cur).amount,
+                    total_incl=Money(totals.total_incl_minor, cur).amount,
+                    amount_minor_incl=totals.total_incl_minor)
 
 
 def _with_stop(cost: LiveCost) -> LiveCost:

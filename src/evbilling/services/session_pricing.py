@@ -4,7 +4,8 @@ periods, read once when the session starts (and again, identically, when it is s
 site or connector -> the driver's plan at the start (else list prices) -> the tariff version in
 force that the plan prices with -> the plan's usage of its period before the start -> automatic
 promotions in force (and an entered code's) with the driver's history -> the loyalty tier at the
-start. ``price`` then runs ``domain.pricing.price_session`` on periods, live or final.
+start. ``price`` then runs ``domain.pricing.price_session`` on periods, live or final;
+``running_pricer`` gives a live session's ``RunningPricer`` (the same totals at every sample).
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from sqlalchemy import Connection, select
 from evbilling.adapters.db import schema as s
 from evbilling.domain.periods import ChargingPeriod, SessionFacts
 from evbilling.domain.plans import Plan, PlanKind, PlanUsage
-from evbilling.domain.pricing import PlanTariffs, PricedSession, PricingRequest, price_session
+from evbilling.domain.pricing import (
+    PlanTariffs,
+    PricedSession,
+    PricingRequest,
+    RunningPricer,
+    price_session,
+)
 from evbilling.domain.promotions import (
     MAX_PROMOTIONS_PER_CHARGE,
     LoyaltyTier,
@@ -112,3 +119,12 @@ def price(ctx: PricingContext, periods: tuple[ChargingPeriod, ...], *, start_ms:
         facts, ctx.plan, ctx.tariffs, usage=ctx.usage, promotions=ctx.promotions,
         promotion_context=ctx.promotion_context, loyalty_tier=ctx.loyalty_tier, rated=rated,
         describe=describe))
+
+
+def running_pricer(ctx: PricingContext, *, start_ms: int) -> RunningPricer:
+    """The running cost of a session that started at ``start_ms``: ``price``'s totals, with
+    what does not change during the session settled once."""
+    return RunningPricer(PricingRequest(
+        SessionFacts((), ctx.time_zone, start_ms, None), ctx.plan, ctx.tariffs, usage=ctx.usage,
+        promotions=ctx.promotions, promotion_context=ctx.promotion_context,
+        loyalty_tier=ctx.loyalty_tier))
