@@ -111,13 +111,11 @@ class _Open:
 
     def extended(self, energy_milliwh: int, span_ms: int, power_w: int | None,
                  current_ma: int | None) -> _Open:
-        return replace(
-            self, energy_milliwh=self.energy_milliwh + energy_milliwh,
-            span_ms=self.span_ms + span_ms,
-            power_w_min=_least(self.power_w_min, power_w),
-            power_w_max=_most(self.power_w_max, power_w),
-            current_ma_min=_least(self.current_ma_min, current_ma),
-            current_ma_max=_most(self.current_ma_max, current_ma))
+        return _Open(self.start_ms, self.charging, self.band,
+                     self.energy_milliwh + energy_milliwh, self.span_ms + span_ms,
+                     _least(self.power_w_min, power_w), _most(self.power_w_max, power_w),
+                     _least(self.current_ma_min, current_ma),
+                     _most(self.current_ma_max, current_ma))
 
 
 def _least(a: int | None, b: int | None) -> int | None:
@@ -146,7 +144,7 @@ class SessionMeter:
     __slots__ = ("tariff", "time_zone", "start_ms", "energy_milliwh_start", "idle_power_w",
                  "_last_at_ms", "_register_milliwh", "_energy_milliwh", "_periods_closed",
                  "_meter_resets", "_open", "_finished", "_kwh_limits", "_power_limits",
-                 "_current_limits", "_cut_window", "_cuts")
+                 "_current_limits", "_cut_window", "_cuts", "_pending")
 
     def __init__(self, tariff: Tariff | CompiledTariff, time_zone: str, start_ms: int,
                  energy_milliwh_start: int, *, idle_power_w: int = IDLE_POWER_W_DEFAULT
@@ -165,6 +163,7 @@ class SessionMeter:
         self._periods_closed = 0
         self._meter_resets = 0
         self._open: _Open | None = None
+        self._pending: ChargingPeriod | None = None  # self._open.period(), made once
         self._finished = False
         els = self.tariff.elements
         self._kwh_limits = kwh_limits_milliwh(self.tariff)
@@ -204,7 +203,9 @@ class SessionMeter:
 
     def pending(self) -> ChargingPeriod | None:
         """The open period so far (for a live cost with ``SessionRater.snapshot_with``)."""
-        return self._open.period() if self._open is not None else None
+        if self._pending is None and self._open is not None:
+            self._pending = self._open.period()
+        return self._pending
 
     # -- feeding -------------------------------------------------------------------------
     def add(self, sample: MeterSample) -> MeterUpdate:
@@ -353,6 +354,7 @@ class SessionMeter:
 
     def _commit(self, step: _Step) -> None:
         self._open = step.open
+        self._pending = None
         self._last_at_ms = step.at_ms
         self._register_milliwh = step.register_milliwh
         self._energy_milliwh += step.delta_milliwh
