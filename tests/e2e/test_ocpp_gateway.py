@@ -304,6 +304,44 @@ def test_a_reached_cap_makes_the_16_charger_receive_a_remote_stop(gw: Gateway) -
     asyncio.run(session())
 
 
+def test_a_meter_values_answer_and_its_running_cost_leave_in_one_socket_write(gw: Gateway
+                                                                           ) -> None:
+    """Under uvicorn the gateway writes into uvicorn's WebSocket protocol itself: the
+    CALLRESULT and the running-cost CALL it causes are framed as usual, arrive in order, and
+    cost one ``transport.write`` (one system call) instead of one per frame."""
+    writes: list[int] = []
+
+    async def session() -> None:
+        async with raw(gw.url, CP16, "ocpp1.6") as ws:
+            await exchange(ws, orjson.dumps([2, "h1", "Heartbeat", {}]).decode())
+            protocol = gw.app.state.ocpp_registry.get(CP16).transport._protocol
+            socket_transport = protocol.transport
+
+            class Counted:  # uvloop's transport methods cannot be replaced: wrap it
+                def write(self, data: bytes) -> None:
+                    writes.append(len(data))
+                    socket_transport.write(data)
+
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(socket_transport, name)
+            protocol.transport = Counted()
+            try:
+                await ws.send(orjson.dumps([2, "m1", "MeterValues", {
+                    "connectorId": 1, "transactionId": 77,
+                    "meterValue": [orjson.loads(orjson.dumps(mv16("3000")).replace(
+                        b"sampled_value", b"sampledValue"))]}]).decode())
+                first = orjson.loads(await asyncio.wait_for(ws.recv(), WAIT_S))
+                second = orjson.loads(await asyncio.wait_for(ws.recv(), WAIT_S))
+            finally:
+                protocol.transport = socket_transport
+            assert first == [3, "m1", {}]
+            assert second[0] == 2 and second[2] == "DataTransfer"
+            assert second[3]["messageId"] == "RunningCost"
+            await ws.send(orjson.dumps([3, second[1], {"status": "Accepted"}]).decode())
+    asyncio.run(session())
+    assert len(writes) == 1
+
+
 def test_the_registry_stops_a_connected_16_charger(gw: Gateway) -> None:
     async def session() -> None:
         async with connect16(gw.url) as cp:
