@@ -39,7 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from evbilling.adapters.db import schema as s
 from evbilling.adapters.db.documents import periods_document, storable
-from evbilling.adapters.db.group_commit import GroupCommitWriter
+from evbilling.adapters.db.group_commit import GroupCommitWriter, PreparedWrite
 from evbilling.adapters.db.uow import write_transaction
 from evbilling.adapters.ids import new_id
 from evbilling.domain import events as ev
@@ -164,14 +164,15 @@ class ChargingService:
         dialect = engine.dialect.name
         samples = s.meter_samples
         if dialect == "postgresql":
-            self._insert_sample: Any = postgresql.insert(samples).on_conflict_do_nothing()
+            insert_sample: Any = postgresql.insert(samples).on_conflict_do_nothing()
         else:
-            self._insert_sample = sqlite.insert(samples).on_conflict_do_nothing()
+            insert_sample = sqlite.insert(samples).on_conflict_do_nothing()
+        self._insert_sample = PreparedWrite(insert_sample)  # the hot writes: driver-level
         c = s.charging_sessions.c
-        self._update_live = update(s.charging_sessions).where(
+        self._update_live = PreparedWrite(update(s.charging_sessions).where(
             c.id == bindparam("b_id"), c.status == "active").values(
             energy_milliwh=bindparam("b_energy"), last_sample_at=bindparam("b_at"),
-            live=bindparam("b_live"), last_seq_no=bindparam("b_seq"))
+            live=bindparam("b_live"), last_seq_no=bindparam("b_seq")))
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self, *, sweep_every_s: float = 60.0) -> None:
