@@ -51,6 +51,8 @@ class WriterStoppedError(RuntimeError):
     retryable = True
 
 
+MAX_FORMS = 16  # compiled forms kept per PreparedWrite (sets of parameter names)
+
 _Row = Callable[[Mapping[str, Any]], tuple[Any, ...]]
 
 
@@ -97,6 +99,8 @@ class PreparedWrite:
         if form is None:
             logger.warning("%s runs through SQLAlchemy's execute on %s",
                            str(self.statement).split("\n")[0][:80], dialect.name)
+        if len(self._forms) >= MAX_FORMS:  # callers that vary their names: recompile
+            self._forms.clear()
         self._forms[keys] = form
         return form
 
@@ -118,7 +122,7 @@ def _driver_form(statement: Executable, dialect: Dialect, keys: tuple[str, ...]
     """Compile ``statement`` as ``Connection.execute`` would for an executemany of parameter
     sets with these names, and build the converter that does what its per-row parameter
     processing (``construct_params`` + bind processors + positional order) does."""
-    if dialect.paramstyle not in ("qmark", "format", "pyformat"):
+    if dialect.paramstyle not in ("qmark", "format", "pyformat"):  # not "numeric", "named"
         return None
     compiled = statement.compile(dialect=dialect,  # type: ignore[attr-defined]
                                  column_keys=list(keys), for_executemany=True)
@@ -126,10 +130,11 @@ def _driver_form(statement: Executable, dialect: Dialect, keys: tuple[str, ...]
         return None
     if (compiled.insert_prefetch or compiled.update_prefetch or compiled.returning
             or compiled.literal_execute_params or compiled.post_compile_params
-            or compiled.schema_translate_map or any(b.callable is not None for b in compiled.bind_names)):
+            or compiled.schema_translate_map
+            or any(b.callable is not None for b in compiled.bind_names)):
         return None
     if compiled.positional:
-        if dialect.paramstyle != "qmark" or compiled.positiontup is None:
+        if dialect.paramstyle not in ("qmark", "format") or compiled.positiontup is None:
             return None
         sql, order = compiled.string, list(compiled.positiontup)
     else:  # pyformat: "%(name)s" -> "%s" in order of appearance (both are psycopg's)
@@ -146,7 +151,7 @@ def _driver_form(statement: Executable, dialect: Dialect, keys: tuple[str, ...]
     by_name = {name: bind for bind, name in compiled.bind_names.items()}
     constants = compiled.construct_params(escape_names=False, _check=False)  # + .params()
     given = getattr(compiled, "_collected_params", None) or {}
-    processors: Mapping[str, Callable[[Any], Any]] = compiled._bind_processors  # noqa: SLF001
+    processors = compiled._bind_processors  # noqa: SLF001 - what _init_compiled applies
     names = set(keys)
     parts: list[str] = []
     scope: dict[str, Any] = {}
@@ -155,6 +160,8 @@ def _driver_form(statement: Executable, dialect: Dialect, keys: tuple[str, ...]
         if bind is None:
             return None
         processor = processors.get(name)
+        if processor is not None and not callable(processor):
+            return None  # a tuple's processors, one per element
         key = bind.key if bind.key in names else name if name in names else None
         if key is None:  # a value fixed in the statement (c.status == "active")
             if bind.required and bind.key not in given and name not in given:
