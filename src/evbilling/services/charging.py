@@ -321,7 +321,8 @@ class ChargingService:
             start_ms=start_ms, energy_milliwh_start=energy_start, ctx=ctx,
             meter=SessionMeter(ctx.compiled, ctx.time_zone, start_ms, energy_start or 0),
             rater=SessionRater(ctx.compiled, ctx.time_zone, start_ms),
-            pricer=running_pricer(ctx, start_ms=start_ms), cap_minor=cap_minor, cap_milliwh=cap_milliwh, last_seq_no=seq_no)
+            pricer=running_pricer(ctx, start_ms=start_ms), cap_minor=cap_minor,
+            cap_milliwh=cap_milliwh, last_seq_no=seq_no)
 
     def _remember(self, live: _Live) -> None:
         self._live[(live.charger.charger_id, live.ocpp_transaction_id)] = live
