@@ -1045,10 +1045,13 @@ class RunningPricer:
                 for p in promotions)
         self._fast = True
 
-    def totals(self, periods: tuple[ChargingPeriod, ...], rated: RatedSession) -> RunningTotals:
-        """The totals of the session so far: ``periods`` (the last one may be open) rated by a
-        ``SessionRater`` of the plan's tariff (``rated``)."""
+    def totals(self, closed: Sequence[ChargingPeriod], pending: ChargingPeriod | None,
+               rated: RatedSession) -> RunningTotals:
+        """The totals of the session so far: the ``closed`` periods and the ``pending`` one
+        (still open, if any), rated by a ``SessionRater`` of the plan's tariff (``rated``).
+        The periods are read only when ``price_session`` answers."""
         if not self._fast or rated.price_bound is not None:
+            periods = tuple(closed) if pending is None else (*closed, pending)
             return self._priced(periods, rated)
         cur = self._currency
         groups: dict[_Key, list[int]] = {}

@@ -490,8 +490,8 @@ class ChargingService:
     def _live_cost(self, live: _Live, at_ms: int) -> LiveCost:
         pending = live.meter.pending()
         rated = live.rater.snapshot_with(pending, at_ms)
-        periods = tuple(live.closed) if pending is None else (*live.closed, pending)
-        return _running_cost(live, live.pricer.totals(periods, rated), live.meter.energy_milliwh)
+        return _running_cost(live, live.pricer.totals(live.closed, pending, rated),
+                             live.meter.energy_milliwh)
 
     # -- stop ------------------------------------------------------------------------------
     async def stop_transaction(self, cmd: StopTransaction) -> LiveCost | None:
