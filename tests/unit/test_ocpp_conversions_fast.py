@@ -8,6 +8,7 @@ answer exactly as the reference does (same samples, same exception and message).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 from decimal import Decimal
 from typing import Any
@@ -26,6 +27,7 @@ from evbilling.entrypoints.ocpp.conversions import (
     _readings_v201,
     _sample,
     decimal_of,
+    iso_utc,
     samples_v16,
     samples_v201,
 )
@@ -254,3 +256,22 @@ def test_locations_phases_and_multipliers_pick_and_scale_as_the_reference(
     if fast is not None:
         assert _reference(mv, v201, True) == ("sample", dataclasses.replace(fast, charging=True),
                                               [])
+
+
+def _iso_utc_reference(at_ms: int) -> str:
+    seconds, ms = divmod(at_ms, 1000)
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime(
+        "%Y-%m-%dT%H:%M:%S") + f".{ms:03d}Z"
+
+
+@given(st.integers(-62_135_596_800_000, 253_402_300_799_999) |
+       st.integers(-10**15, 10**15) | st.sampled_from([0, -1, 999, 1000, -62_104_060_800_001]))
+@settings(max_examples=2000)
+def test_iso_utc_writes_what_strftime_wrote(at_ms: int) -> None:
+    try:
+        expected = _iso_utc_reference(at_ms)
+    except (ValueError, OverflowError, OSError) as exc:
+        with pytest.raises(type(exc)):
+            iso_utc(at_ms)
+        return
+    assert iso_utc(at_ms) == expected

@@ -96,8 +96,11 @@ def epoch_ms_or(text: Any, fallback_ms: int) -> int:
 def iso_utc(at_ms: int) -> str:
     """Epoch ms as an OCPP dateTime, UTC, millisecond precision: ``2024-05-01T12:00:00.000Z``."""
     seconds, ms = divmod(at_ms, 1000)
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S") + \
-        f".{ms:03d}Z"
+    at = dt.datetime.fromtimestamp(seconds, dt.UTC)
+    if at.year < 1000:  # strftime does not pad the year; kept as it was
+        return at.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms:03d}Z"
+    # isoformat: "YYYY-MM-DDTHH:MM:SS+00:00" (no microseconds), a third of strftime's cost
+    return f"{at.isoformat()[:19]}.{ms:03d}Z"
 
 
 # -- numbers --------------------------------------------------------------------------------------
