@@ -360,6 +360,9 @@ def _fast_total(picked: list[tuple[Any, Any, Any, Any, Any]], exponents: Mapping
 def _fast_pick(readings: list[tuple[Any, Any, Any, Any, Any]]
                ) -> list[tuple[Any, Any, Any, Any, Any]]:
     """``_pick`` on (phase, location, unit, multiplier, value) of one measurand."""
+    if len(readings) == 1:  # chosen whatever its location
+        phase = readings[0][0]
+        return readings if phase is None or phase in _PHASES else []
     outlet = [r for r in readings if r[1] in _OUTLET]
     chosen = outlet or readings
     for r in chosen:
