@@ -479,6 +479,29 @@ def test_an_answer_with_another_id_does_not_resolve_our_call() -> None:
     run(test)
 
 
+def test_each_call_times_out_at_its_own_deadline_with_one_timer_per_connection() -> None:
+    """The connection's one timer was armed by an earlier, answered call: when it fires before
+    the outstanding call's deadline, that call is still answered; an unanswered one expires."""
+    async def test() -> None:
+        st = Station("1.6", timeout_s=0.3)
+        first = st.conn.call_soon(Outgoing("RemoteStopTransaction", {"transactionId": 1}))
+        await settle()
+        await st.answer_call({"status": "Accepted"})
+        assert await first == {"status": "Accepted"}
+        await asyncio.sleep(0.2)
+        second = st.conn.call_soon(Outgoing("RemoteStopTransaction", {"transactionId": 2}))
+        await settle()
+        await asyncio.sleep(0.2)  # the timer armed for the first call fired meanwhile
+        assert not second.done()
+        await st.answer_call({"status": "Rejected"})
+        assert await second == {"status": "Rejected"}
+        third = st.conn.call_soon(Outgoing("RemoteStopTransaction", {"transactionId": 3}))
+        started = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(third, 2) is None  # expired
+        assert asyncio.get_running_loop().time() - started >= 0.29
+    run(test)
+
+
 def test_a_call_error_or_an_invalid_answer_counts_as_no_answer() -> None:
     async def test() -> None:
         st = Station("1.6")

@@ -10,7 +10,8 @@ Our CALLs to the charger go through a small bounded queue and are sent strictly 
 (OCPP-J §4.1.1: at most one outstanding CALL per direction): each waits for its CALLRESULT or
 CALLERROR (matched by message id) or for ``call_timeout_s``, then the next goes out. No task per
 call: the next CALL is sent in the turn that sent our CALLRESULT or received the previous answer
-(a timer handle per outstanding call); a task exists only to start sending from elsewhere (a
+(one timer per connection checks the outstanding call's deadline, re-armed only when it fires
+early); a task exists only to start sending from elsewhere (a
 remote stop asked by the API). Calls with the same ``coalesce`` key (a cost display for one
 transaction) replace a queued, unsent one: under load the charger gets the newest cost, not a
 backlog.
@@ -126,21 +127,21 @@ class _Pending:
 
 
 class _Waiting:
-    """Our outstanding CALL: its message id, the caller's future, the timeout."""
+    """Our outstanding CALL: its message id, the caller's future, its deadline (loop time)."""
 
-    __slots__ = ("unique_id", "pending", "timer")
+    __slots__ = ("unique_id", "pending", "deadline")
 
-    def __init__(self, unique_id: str, pending: _Pending, timer: asyncio.TimerHandle) -> None:
+    def __init__(self, unique_id: str, pending: _Pending, deadline: float) -> None:
         self.unique_id = unique_id
         self.pending = pending
-        self.timer = timer
+        self.deadline = deadline
 
 
 class Connection:
     """The gateway side of one charger's WebSocket."""
 
     __slots__ = ("charger", "dialect", "transport", "port", "settings", "clock", "charging",
-                 "tx_by_evse", "_queue", "_sender", "_waiting", "_closed")
+                 "tx_by_evse", "_queue", "_sender", "_waiting", "_timer", "_closed")
 
     def __init__(self, charger: ChargerRef, dialect: Dialect, transport: Transport,
                  port: ChargingPort, settings: ConnectionSettings | None = None,
@@ -158,6 +159,7 @@ class Connection:
         self._queue: deque[_Pending] = deque()
         self._sender: asyncio.Task[None] | None = None
         self._waiting: _Waiting | None = None
+        self._timer: asyncio.TimerHandle | None = None  # checks the outstanding CALL's deadline
         self._closed = False
 
     @property
@@ -299,9 +301,11 @@ class Connection:
                 pending.resolve(None)
                 continue
             unique_id = f"{next(_call_ids):x}"
-            timer = asyncio.get_running_loop().call_later(
-                self.settings.call_timeout_s, self._expire, unique_id)
-            self._waiting = _Waiting(unique_id, pending, timer)
+            loop = asyncio.get_running_loop()
+            timeout = self.settings.call_timeout_s
+            self._waiting = _Waiting(unique_id, pending, loop.time() + timeout)
+            if self._timer is None:
+                self._timer = loop.call_later(timeout, self._check_deadline)
             try:
                 await self.transport.send(encode_call(unique_id, out.action, out.payload))
             except ConnectionClosedError:
@@ -309,12 +313,23 @@ class Connection:
         if self._closed:
             self._drain()
 
-    def _expire(self, unique_id: str) -> None:
+    def _check_deadline(self) -> None:
+        """The one timer of the connection fired: expire the outstanding CALL if its deadline
+        passed, else wait for its deadline. (A timer per CALL, armed and cancelled at every
+        running cost, cost more than the rest of sending it; this one is armed at most once per
+        timeout while calls keep being answered.)"""
+        self._timer = None
         waiting = self._waiting
-        if waiting is None or waiting.unique_id != unique_id:
+        if waiting is None:
+            return
+        loop = asyncio.get_running_loop()
+        left = waiting.deadline - loop.time()
+        if left > 0:
+            self._timer = loop.call_later(left, self._check_deadline)
             return
         logger.warning("%s: no answer to %s %s within %.0f s", self.charger.identity,
-                       waiting.pending.out.action, unique_id, self.settings.call_timeout_s)
+                       waiting.pending.out.action, waiting.unique_id,
+                       self.settings.call_timeout_s)
         self._waiting = None
         waiting.pending.resolve(None)
         self._pump_soon()
@@ -325,7 +340,6 @@ class Connection:
             logger.info("%s: answer to no pending call (%s) dropped", self.charger.identity,
                         msg.unique_id)
             return
-        waiting.timer.cancel()
         self._waiting = None
         waiting.pending.resolve(self._checked_answer(waiting.pending.out, msg))
         await self._pump()
@@ -348,8 +362,10 @@ class Connection:
     def _drain(self) -> None:
         """Closed: the outstanding and the queued CALLs resolve to None."""
         waiting, self._waiting = self._waiting, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if waiting is not None:
-            waiting.timer.cancel()
             waiting.pending.resolve(None)
         while self._queue:
             self._queue.popleft().resolve(None)
