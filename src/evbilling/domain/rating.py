@@ -522,11 +522,17 @@ class RatedSession:
                  total_cost_exact: CostPart, warnings: tuple[str, ...], final: bool,
                  parts: tuple[CostPart, CostPart, CostPart, CostPart, CostPart, CostPart],
                  volumes: tuple[int, int, int, int], breakdown: _Breakdown) -> None:
-        for name, value in (("currency", currency), ("price_bound", price_bound),
-                            ("total_cost_exact", total_cost_exact), ("warnings", warnings),
-                            ("final", final), ("_parts", parts), ("_volumes", volumes),
-                            ("_totals", None), ("_breakdown", breakdown)):
-            object.__setattr__(self, name, value)
+        # one per meter sample (a live preview): the slots are set directly, not in a loop
+        set_ = object.__setattr__
+        set_(self, "currency", currency)
+        set_(self, "price_bound", price_bound)
+        set_(self, "total_cost_exact", total_cost_exact)
+        set_(self, "warnings", warnings)
+        set_(self, "final", final)
+        set_(self, "_parts", parts)
+        set_(self, "_volumes", volumes)
+        set_(self, "_totals", None)
+        set_(self, "_breakdown", breakdown)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise FrozenInstanceError(f"cannot assign to field {name!r}")
