@@ -1178,6 +1178,9 @@ class _FirstUse:
 
     def before(self, n: int) -> tuple[tuple[int, ...], ...]:
         """Per dimension, the elements used in periods [0, n), in the order first used."""
+        last = self._last  # (n, answer): replaced whole, never changed, so read without the lock
+        if last is not None and last[0] == n:
+            return last[1]
         with self._lock:
             last = self._last
             if last is not None and last[0] == n:
