@@ -6,13 +6,20 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from evbilling.entrypoints.heap import HeapFreezer
+from evbilling.entrypoints.heap import OLDER_THRESHOLDS, YOUNG_THRESHOLD, HeapFreezer
 
 
 class FakeCollector:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.callbacks: list[object] = []
+        self.threshold = (700, 10, 10)
+
+    def get_threshold(self) -> tuple[int, int, int]:
+        return self.threshold
+
+    def set_threshold(self, *threshold: int) -> None:
+        self.threshold = threshold  # type: ignore[assignment]
 
     def freeze(self) -> None:
         self.calls.append("freeze")
@@ -55,3 +62,18 @@ def test_frozen_objects_are_not_walked_by_a_full_pass() -> None:
     finally:
         gc.unfreeze()
     assert len(gc.get_objects()) >= len(keep)
+
+
+def test_the_young_threshold_is_raised_while_it_runs_and_restored_after() -> None:
+    fake = FakeCollector()
+    seen: list[tuple[int, ...]] = []
+
+    async def main() -> None:
+        freezer = HeapFreezer(first_after_s=10, collector=fake)
+        await freezer.start()
+        seen.append(fake.threshold)
+        await freezer.stop()
+
+    asyncio.run(main())
+    assert seen == [(YOUNG_THRESHOLD, *OLDER_THRESHOLDS)] and YOUNG_THRESHOLD > 700
+    assert fake.threshold == (700, 10, 10)
