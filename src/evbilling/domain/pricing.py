@@ -45,7 +45,7 @@ import operator
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from fractions import Fraction
@@ -420,19 +420,7 @@ def _cover(periods: Sequence[ChargingPeriod], rated: RatedSession, allowance_mil
     take off what it covers (``q * a // e`` per piece, as a walk over every piece would).
     An allowance larger than the session's energy, without exports, covers every period
     whole, so nothing is visited: all ENERGY and charging TIME is covered."""
-    charged: dict[_Key, _Group] = {}
-    waived: list[BilledQuantity] = []
-    for q in rated.billed():
-        dim = _dimension(q)
-        if dim.code is LineCode.SESSION_FEE and waive_flat_fee:
-            waived.append(q)
-            continue
-        key = (dim.code, q.price_micro, q.vat_bp)
-        group = charged.get(key)
-        if group is None:
-            charged[key] = _Group(dim, q.price_micro, q.vat_bp, q.quantity)
-        else:
-            group.quantity += q.quantity
+    charged, waived = _groups(rated, waive_flat_fee)
     remaining = allowance_milliwh
     energy_covered = time_covered = 0
     if remaining > energy.charged_milliwh and not energy.exported:
@@ -461,6 +449,26 @@ def _cover(periods: Sequence[ChargingPeriod], rated: RatedSession, allowance_mil
                     if dim.code is LineCode.CHARGING_TIME:
                         time_covered += covered_units
     return _Coverage(charged, tuple(waived), energy_covered, time_covered)
+
+
+def _groups(rated: RatedSession, waive_flat_fee: bool
+            ) -> tuple[dict[_Key, _Group], list[BilledQuantity]]:
+    """The rater's per-element sums as charge lines in the making (one per dimension, unit
+    price and VAT rate, in line order), and the FLAT fees the plan waives."""
+    charged: dict[_Key, _Group] = {}
+    waived: list[BilledQuantity] = []
+    for q in rated.billed():
+        dim = _dimension(q)
+        if dim.code is LineCode.SESSION_FEE and waive_flat_fee:
+            waived.append(q)
+            continue
+        key = (dim.code, q.price_micro, q.vat_bp)
+        group = charged.get(key)
+        if group is None:
+            charged[key] = _Group(dim, q.price_micro, q.vat_bp, q.quantity)
+        else:
+            group.quantity += q.quantity
+    return charged, waived
 
 
 def _has_charged_quantity(periods: Sequence[ChargingPeriod], rated: RatedSession,
@@ -615,14 +623,20 @@ def _charge_lines(groups: Iterable[_Group], plan: Plan, tariff: Tariff,
             description = (f"{dim.label}{' ' + text if text else ''} @ "
                            f"{_unit_price_text(g.price_micro, cur)}"
                            f"{_PER_UNIT_TEXT.get(dim.unit, '')}{note}")
-        excl = g.excl
+        excl_minor, incl_minor = _charge_amounts(g, cur)
         lines.append(PriceLine(
-            LineKind.CHARGE, dim.code, description,
-            Money(_minor(excl, MONEY_DENOMINATOR, cur), cur),
-            Money(_minor(excl * (VAT_SCALE + (g.vat_bp or 0)), _INCL_DENOMINATOR, cur), cur),
+            LineKind.CHARGE, dim.code, description, Money(excl_minor, cur), Money(incl_minor, cur),
             None if g.vat_bp is None else vat_decimal(g.vat_bp), quantity, dim.unit,
             unit_price, tariff.id))
     return lines
+
+
+def _charge_amounts(group: _Group, currency: Currency) -> tuple[int, int]:
+    """A charge line's amounts excl. and incl. VAT in minor units, each rounded once from its
+    exact numerator."""
+    excl = group.excl
+    return (_minor(excl, MONEY_DENOMINATOR, currency),
+            _minor(excl * (VAT_SCALE + (group.vat_bp or 0)), _INCL_DENOMINATOR, currency))
 
 
 def _benefit_lines(coverage: _Coverage, plan: Plan, currency: Currency) -> list[PriceLine]:
@@ -1053,35 +1067,23 @@ class RunningPricer:
         if not self._fast or rated.price_bound is not None:
             periods = tuple(closed) if pending is None else (*closed, pending)
             return self._priced(periods, rated)
-        cur = self._currency
-        groups: dict[_Key, list[int]] = {}
-        for q in rated.billed():
-            dim = _dimension(q)
-            if self._waive and dim.code is LineCode.SESSION_FEE:
-                continue
-            key = (dim.code, q.price_micro, q.vat_bp)
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [q.quantity, dim.factor]
-            else:
-                group[0] += q.quantity
+        charged, _ = _groups(rated, self._waive)
         cells: list[AmountCell] = []
         excl_total = incl_total = energy_priced = idle_priced = 0
-        for (code, price_micro, vat_bp), (quantity, factor) in groups.items():
-            if quantity == 0:
+        for g in charged.values():
+            if g.quantity == 0:
                 continue
-            excl = price_micro * quantity * factor
-            excl_minor = _minor(excl, MONEY_DENOMINATOR, cur)
-            incl_minor = _minor(excl * (VAT_SCALE + (vat_bp or 0)), _INCL_DENOMINATOR, cur)
+            excl_minor, incl_minor = _charge_amounts(g, self._currency)
             excl_total += excl_minor
             incl_total += incl_minor
-            cells.append(AmountCell(_CATEGORY[code], None if vat_bp is None
-                                    else vat_decimal(vat_bp), excl_minor, incl_minor))
-            if price_micro > 0:
+            code = g.dimension.code
+            cells.append(AmountCell(_CATEGORY[code], None if g.vat_bp is None
+                                    else vat_decimal(g.vat_bp), excl_minor, incl_minor))
+            if g.price_micro > 0:
                 if code is LineCode.ENERGY:
-                    energy_priced += quantity
+                    energy_priced += g.quantity
                 elif code is LineCode.IDLE_TIME:
-                    idle_priced += quantity
+                    idle_priced += g.quantity
         eligible = [p for p, check, needs_spend in self._checks
                     if check.eligible and (needs_spend is None or needs_spend(incl_total))]
         loyalty = self._loyalty
@@ -1096,12 +1098,8 @@ class RunningPricer:
     def _priced(self, periods: tuple[ChargingPeriod, ...], rated: RatedSession
                 ) -> RunningTotals:
         request = self._request
-        facts = request.session
-        priced = price_session(PricingRequest(
-            SessionFacts(periods, facts.time_zone, facts.start_epoch_ms, facts.end_epoch_ms),
-            request.plan, request.tariffs, usage=request.usage, promotions=request.promotions,
-            promotion_context=request.promotion_context, loyalty_tier=request.loyalty_tier,
-            rated=rated, describe=False))
+        priced = price_session(replace(request, session=replace(request.session, periods=periods),
+                                       rated=rated, describe=False))
         return RunningTotals(priced.total_excl_vat.amount_minor,
                              priced.total_incl_vat.amount_minor)
 
