@@ -69,6 +69,13 @@ from evbilling.entrypoints.ocpp.protocol import SUBPROTOCOLS
 from evbilling.entrypoints.ocpp.registry import ConnectionRegistry
 from evbilling.services.ports import ChargerRef, ChargingPort
 
+try:  # uvicorn's default WebSocket implementation (websockets' Sans-I/O layer)
+    from uvicorn.protocols.websockets.websockets_sansio_impl import (
+        WebSocketsSansIOProtocol as _sansio_protocol,
+    )
+except ImportError:  # pragma: no cover - another ASGI server: ASGI messages
+    _sansio_protocol = None  # type: ignore[assignment,misc]
+
 logger = logging.getLogger("evbilling.ocpp")
 
 PATH: Final = "/ocpp/{charge_point_id}"
@@ -352,6 +359,35 @@ class _Row:
         return self.charger.operator_id
 
 
+class _AsgiTransport:
+    """Frames as ASGI ``websocket.send`` messages (any ASGI server)."""
+
+    __slots__ = ("_send", "_closed")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._closed = False
+
+    async def send(self, text: str) -> None:
+        if self._closed:
+            raise ConnectionClosedError()
+        message: Message = {"type": "websocket.send", "text": text}
+        try:
+            await self._send(message)
+        except Exception as exc:  # uvicorn raises its own types once the peer is gone
+            self._closed = True
+            raise ConnectionClosedError() from exc
+
+    async def close(self, code: int = 1000) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._send({"type": "websocket.close", "code": code})
+        except Exception as exc:  # noqa: BLE001 - already gone
+            raise ConnectionClosedError() from exc
+
+
 def transport_for(send: Send) -> Transport:
     """The connection's way out: straight into uvicorn's WebSocket protocol when ``send`` is
     its own (``_SansIOTransport``), else ASGI messages."""
@@ -362,17 +398,10 @@ def transport_for(send: Send) -> Transport:
     return _AsgiTransport(send)
 
 
-try:  # uvicorn's default WebSocket implementation (websockets' Sans-I/O layer)
-    from uvicorn.protocols.websockets.websockets_sansio_impl import (
-        WebSocketsSansIOProtocol as _sansio_protocol,
-    )
-except ImportError:  # pragma: no cover - another ASGI server: ASGI messages
-    _sansio_protocol = None  # type: ignore[assignment,misc]
-
 _SANSIO_ATTRIBUTES: Final = ("conn", "transport", "writable", "disconnected", "close_sent")
 
 
-class _SansIOTransport:
+class _SansIOTransport(_AsgiTransport):
     """Frames written into uvicorn's websockets-sansio protocol directly, the frames of one turn
     in ONE socket write.
 
@@ -386,12 +415,11 @@ class _SansIOTransport:
     ASGI, after what is pending. ``transport_for`` picks this only for uvicorn's own protocol
     class with the attributes used here; anything else gets ``_AsgiTransport``."""
 
-    __slots__ = ("_protocol", "_send", "_closed", "_flush")
+    __slots__ = ("_protocol", "_flush")
 
     def __init__(self, protocol: Any, send: Send) -> None:
+        super().__init__(send)
         self._protocol = protocol
-        self._send = send
-        self._closed = False
         self._flush: asyncio.Handle | None = None
 
     async def send(self, text: str) -> None:
@@ -421,41 +449,9 @@ class _SansIOTransport:
             protocol.transport.write(b"".join(data))
 
     async def close(self, code: int = 1000) -> None:
-        if self._closed:
-            return
-        self.flush()
-        self._closed = True
-        try:
-            await self._send({"type": "websocket.close", "code": code})
-        except Exception as exc:  # noqa: BLE001 - already gone
-            raise ConnectionClosedError() from exc
-
-
-class _AsgiTransport:
-    __slots__ = ("_send", "_closed")
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self._closed = False
-
-    async def send(self, text: str) -> None:
-        if self._closed:
-            raise ConnectionClosedError()
-        message: Message = {"type": "websocket.send", "text": text}
-        try:
-            await self._send(message)
-        except Exception as exc:  # uvicorn raises its own types once the peer is gone
-            self._closed = True
-            raise ConnectionClosedError() from exc
-
-    async def close(self, code: int = 1000) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await self._send({"type": "websocket.close", "code": code})
-        except Exception as exc:  # noqa: BLE001 - already gone
-            raise ConnectionClosedError() from exc
+        if not self._closed:
+            self.flush()
+        await super().close(code)
 
 
 def handled_messages() -> list[tuple[str, str, validation.Kind]]:
