@@ -30,7 +30,7 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -404,7 +404,7 @@ class ChargingService:
                 cap_minor=live.cap_minor, cap_milliwh=live.cap_milliwh,
                 amount_minor_incl=cost.amount_minor_incl,
                 energy_milliwh=meter.energy_milliwh, **common))
-            cost = _with_stop(cost)
+            cost = replace(cost, stop_requested=True)
             checkpoint = True
         if checkpoint:
             self._checkpoint(live, cost, last.at_ms)
@@ -919,14 +919,6 @@ def _ms(value: dt.datetime) -> int:
     return int(aware.timestamp() * 1000)
 
 
-def _cost(live: _Live, priced: PricedSession, energy: int, *, final: bool) -> LiveCost:
-    return LiveCost(session_id=live.session_id, ocpp_transaction_id=live.ocpp_transaction_id,
-                    currency=live.ctx.currency, energy_milliwh=energy,
-                    total_excl=priced.total_excl_vat.amount,
-                    total_incl=priced.total_incl_vat.amount,
-                    amount_minor_incl=priced.total_incl_vat.amount_minor, final=final)
-
-
 def _running_cost(live: _Live, totals: RunningTotals, energy: int) -> LiveCost:
     cur = live.ctx.plan.currency
     return LiveCost(session_id=live.session_id, ocpp_transaction_id=live.ocpp_transaction_id,
@@ -934,14 +926,6 @@ def _running_cost(live: _Live, totals: RunningTotals, energy: int) -> LiveCost:
                     total_excl=Money(totals.total_excl_minor, cur).amount,
                     total_incl=Money(totals.total_incl_minor, cur).amount,
                     amount_minor_incl=totals.total_incl_minor)
-
-
-def _with_stop(cost: LiveCost) -> LiveCost:
-    return LiveCost(session_id=cost.session_id, ocpp_transaction_id=cost.ocpp_transaction_id,
-                    currency=cost.currency, energy_milliwh=cost.energy_milliwh,
-                    total_excl=cost.total_excl, total_incl=cost.total_incl,
-                    amount_minor_incl=cost.amount_minor_incl, final=cost.final,
-                    stop_requested=True)
 
 
 def _live_document(cost: LiveCost, at_ms: int) -> dict[str, Any]:

@@ -226,7 +226,7 @@ class GroupCommitWriter:
         self._stopping = True
         if self._wake is not None:
             self._wake.set()
-        self._hurry_up()
+        self._hurry.set()
         await self._task
         self._task = None
 
@@ -236,7 +236,7 @@ class GroupCommitWriter:
         """Queue a write; the future resolves when it is committed (or fails)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue(_Write(statement, params, future))
-        self._hurry_up()
+        self._hurry.set()
         return future
 
     def submit_nowait(self, statement: Executable | PreparedWrite,
@@ -262,11 +262,8 @@ class GroupCommitWriter:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._flushes.append((self._submitted, future))
-        self._hurry_up()
-        await future
-
-    def _hurry_up(self) -> None:
         self._hurry.set()
+        await future
 
     def _finish(self, count: int) -> None:
         self._finished += count
